@@ -1,0 +1,51 @@
+//! Every map of the object. Names are part of the ABI: the agent finds and pins them by
+//! name, and the `abi` test checks their key and value sizes against enforcer-common.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use enforcer_common::{
+    Config, CtKey, CtValue, Endpoint, IpInfo, IpKey, PolicyKey, PolicyValue, CNT_MAX,
+};
+
+/// Global settings, one entry.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// cgroup id -> pod.
+#[map]
+pub static ENDPOINTS: HashMap<u64, Endpoint> = HashMap::with_max_entries(65_536, 0);
+
+/// address -> peer identity (pod IPs as /128, ipBlock regions as prefixes).
+#[map]
+pub static IPCACHE: LpmTrie<IpKey, IpInfo> = LpmTrie::with_max_entries(262_144, 0);
+
+/// (endpoint, identity, direction, protocol, port prefix) -> allowing policy.
+#[map]
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(1_048_576, 0);
+
+/// Flows seen per endpoint, for stateful replies.
+#[map]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Verdict and guard events to the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU counters, indexed by `CNT_*`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, programs do not migrate CPUs while running.
+        unsafe { *p += 1 };
+    }
+}

@@ -1,0 +1,532 @@
+//! NetworkPolicy datapath.
+//!
+//! Per packet, in constant work whatever the number of policies:
+//! 1. parse L3/L4 (IPv4, IPv6 with extension headers; TCP, UDP, SCTP ports);
+//! 2. resolve the socket's cgroup to its pod (`endpoint`);
+//! 3. loopback and the pod talking to itself pass;
+//! 4. conntrack: replies of flows this endpoint accepted or opened pass;
+//! 5. peer identity from `IPCACHE` (longest prefix: pod /128s, ipBlock regions);
+//! 6. the node's own addresses pass;
+//! 7. two `POLICY` lookups: (endpoint, identity, dir, proto, port) and the same with the
+//!    wildcard identity. Longest-prefix match covers "any protocol", "any port", exact
+//!    ports and `endPort` ranges.
+//!
+//! Socket hooks (connect/sendmsg) run steps 2-7 before a packet exists so that a denied
+//! `connect()` fails at once with EPERM instead of timing out.
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::{cgroup_skb, cgroup_sock_addr, map},
+    maps::{lpm_trie::Key, PerCpuArray},
+    programs::{SkBuffContext, SockAddrContext},
+};
+use enforcer_common::*;
+
+use crate::{
+    endpoint,
+    maps::{config, count, CONNTRACK, EVENTS, IPCACHE, POLICY},
+};
+
+const ALLOW: i32 = 1;
+const DROP: i32 = 0;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+fn has_ports(proto: u8) -> bool {
+    proto == PROTO_TCP || proto == PROTO_UDP || proto == PROTO_SCTP
+}
+
+/// A packet (or a socket call) seen from its endpoint: the pod's side is `local`.
+pub struct Flow {
+    remote: [u8; 16],
+    local: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+    /// Destination port of the packet (the port a policy names).
+    dport: u16,
+    protocol: u8,
+    direction: u8,
+    tcp_flags: u8,
+    _pad: [u8; 7],
+}
+
+/// Per-CPU scratch space: a flow does not fit on the 512-byte BPF stack together with the
+/// map keys a verdict needs.
+#[map]
+static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Flow> {
+    // SAFETY: per-CPU slot, used by one program invocation at a time on this CPU.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Copy 16 bytes at `off` of the packet into `dst` (constant size, as the verifier wants).
+#[inline(always)]
+fn load16(ctx: &SkBuffContext, off: u32, dst: &mut [u8; 16]) -> Option<()> {
+    // SAFETY: the helper bounds-checks the packet and writes exactly 16 bytes into `dst`.
+    let r =
+        unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, dst.as_mut_ptr() as *mut _, 16) };
+    if r == 0 {
+        Some(())
+    } else {
+        None
+    }
+}
+
+/// Parse L3/L4 headers into `f`, oriented by `f.direction`.
+#[inline(always)]
+fn parse(ctx: &SkBuffContext, f: &mut Flow) -> Option<()> {
+    // SAFETY: reading a field of the program's own context.
+    let ethertype = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let egress = f.direction == DIR_EGRESS;
+    let l4: usize;
+    let mut first_fragment = true;
+    f.tcp_flags = 0;
+    f.local_port = 0;
+    f.remote_port = 0;
+    f.dport = 0;
+    if ethertype == ETH_P_IP {
+        let vihl: u8 = ctx.load(0).ok()?;
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return None;
+        }
+        let frag: u16 = ctx.load(6).ok()?;
+        if (u16::from_be(frag) & 0x1fff) != 0 {
+            first_fragment = false;
+        }
+        f.protocol = ctx.load(9).ok()?;
+        let s: u32 = ctx.load(12).ok()?;
+        let d: u32 = ctx.load(16).ok()?;
+        let (l, r) = if egress { (s, d) } else { (d, s) };
+        f.local = v4_mapped(l.to_ne_bytes());
+        f.remote = v4_mapped(r.to_ne_bytes());
+        l4 = ihl;
+    } else if ethertype == ETH_P_IPV6 {
+        let mut next: u8 = ctx.load(6).ok()?;
+        let (lo, ro) = if egress { (8, 24) } else { (24, 8) };
+        load16(ctx, lo, &mut f.local)?;
+        load16(ctx, ro, &mut f.remote)?;
+        let mut off: usize = 40;
+        // Skip up to 6 extension headers.
+        let mut i = 0;
+        while i < 6 {
+            match next {
+                0 | 43 | 60 => {
+                    // hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+                    let h = ctx.load::<u16>(off).ok()?.to_ne_bytes();
+                    next = h[0];
+                    off += (h[1] as usize + 1) * 8;
+                }
+                44 => {
+                    // fragment header: 8 bytes
+                    let h = ctx.load::<u32>(off).ok()?.to_ne_bytes();
+                    next = h[0];
+                    if (u16::from_be_bytes([h[2], h[3]]) & 0xfff8) != 0 {
+                        first_fragment = false;
+                    }
+                    off += 8;
+                }
+                51 => {
+                    // authentication header: (len + 2) * 4 bytes
+                    let h = ctx.load::<u16>(off).ok()?.to_ne_bytes();
+                    next = h[0];
+                    off += (h[1] as usize + 2) * 4;
+                }
+                _ => break,
+            }
+            i += 1;
+        }
+        if off > 512 {
+            return None;
+        }
+        f.protocol = next;
+        l4 = off;
+    } else {
+        return None;
+    }
+    if first_fragment && has_ports(f.protocol) {
+        let ports = ctx.load::<u32>(l4).ok()?.to_ne_bytes();
+        let sport = u16::from_be_bytes([ports[0], ports[1]]);
+        let dport = u16::from_be_bytes([ports[2], ports[3]]);
+        f.dport = dport;
+        if egress {
+            f.local_port = sport;
+            f.remote_port = dport;
+        } else {
+            f.local_port = dport;
+            f.remote_port = sport;
+        }
+        if f.protocol == PROTO_TCP {
+            f.tcp_flags = ctx.load(l4 + 13).ok()?;
+        }
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn is_loopback(a: &[u8; 16]) -> bool {
+    // ::1
+    let v6 = a[..15].iter().all(|b| *b == 0) && a[15] == 1;
+    // ::ffff:127.0.0.0/8
+    let v4 = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+    v6 || v4
+}
+
+#[inline(always)]
+fn identity_of(addr: &[u8; 16]) -> (u32, u32) {
+    let key = Key::new(128, IpKey { addr: *addr });
+    match IPCACHE.get(&key) {
+        Some(v) => (v.identity, v.flags),
+        None => (IDENTITY_WORLD, 0),
+    }
+}
+
+#[inline(always)]
+fn policy_lookup(ep: u32, identity: u32, f: &Flow) -> Option<PolicyValue> {
+    let data = PolicyKey {
+        endpoint: ep,
+        identity,
+        direction: f.direction,
+        protocol: f.protocol,
+        port: f.dport.to_be_bytes(),
+    };
+    if let Some(v) = POLICY.get(&Key::new(POLICY_PREFIX_FULL, data)) {
+        return Some(*v);
+    }
+    let any = PolicyKey {
+        identity: IDENTITY_ANY,
+        ..data
+    };
+    POLICY.get(&Key::new(POLICY_PREFIX_FULL, any)).copied()
+}
+
+#[inline(always)]
+fn emit(cgid: u64, ep: u32, f: &Flow, identity: u32, policy: u32, verdict: u8, reason: u8) {
+    let Some(mut slot) = EVENTS.reserve::<NetEvent>(0) else {
+        count(CNT_RINGBUF_DROPS);
+        return;
+    };
+    let e = slot.as_mut_ptr();
+    // SAFETY: `e` points to a reserved, exclusively owned record of the right size; every
+    // field is written before submit.
+    unsafe {
+        (*e).kind = EVENT_NET;
+        (*e).endpoint = ep;
+        (*e).cgroup_id = cgid;
+        (*e).peer_identity = identity;
+        (*e).policy = policy;
+        (*e).verdict = verdict;
+        (*e).reason = reason;
+        (*e).direction = f.direction;
+        (*e).protocol = f.protocol;
+        (*e).local_port = f.local_port;
+        (*e).remote_port = f.remote_port;
+        (*e).local = f.local;
+        (*e).remote = f.remote;
+    }
+    slot.submit(0);
+}
+
+#[inline(always)]
+fn ct_key(ep: u32, f: &Flow) -> CtKey {
+    CtKey {
+        remote: f.remote,
+        endpoint: ep,
+        local_port: f.local_port,
+        remote_port: f.remote_port,
+        protocol: f.protocol,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn ct_timeout_ns(cfg: &Config, proto: u8) -> u64 {
+    let s = if proto == PROTO_TCP {
+        cfg.ct_timeout_tcp_s
+    } else {
+        cfg.ct_timeout_other_s
+    };
+    (s as u64) * 1_000_000_000
+}
+
+/// Outcome of a policy decision.
+struct Decision {
+    allow: bool,
+    reason: u8,
+    policy: u32,
+    identity: u32,
+    /// Create or refresh a conntrack entry in this direction.
+    track: bool,
+    /// Emit an event.
+    report: bool,
+}
+
+/// Steps 3-7 for a flow of a classified endpoint. `packet` is false for socket hooks,
+/// which may not deny a destination flagged `IP_DEFER_TO_PACKET` and do not create state.
+#[inline(always)]
+fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
+    let mut d = Decision {
+        allow: true,
+        reason: REASON_NOT_ISOLATED,
+        policy: 0,
+        identity: IDENTITY_WORLD,
+        track: false,
+        report: false,
+    };
+    if ep.flags & EP_NET_UNMANAGED != 0 {
+        return d;
+    }
+    if is_loopback(&f.remote) || f.remote == f.local {
+        d.reason = REASON_LOOPBACK;
+        return d;
+    }
+    let (mine, other) = if f.direction == DIR_INGRESS {
+        (EP_INGRESS_ISOLATED, EP_EGRESS_ISOLATED)
+    } else {
+        (EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED)
+    };
+    let isolated = ep.flags & mine != 0;
+    if !isolated && ep.flags & other == 0 {
+        return d;
+    }
+
+    // Conntrack.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = ct_key(ep.id, f);
+    let mut known = false;
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: LRU entry of plain data; a concurrent update can at worst make us
+        // re-evaluate policy.
+        let ct = unsafe { &mut *ct };
+        if now.wrapping_sub(ct.last_seen_ns) < ct_timeout_ns(cfg, f.protocol) {
+            // A TCP SYN without ACK opens a new connection, never a reply.
+            let new_syn = f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            if ct.origin != f.direction && !new_syn {
+                if packet {
+                    ct.last_seen_ns = now;
+                }
+                d.reason = REASON_REPLY;
+                return d;
+            }
+            if ct.origin == f.direction && (!isolated || ct.revision == cfg.policy_revision) {
+                if packet {
+                    ct.last_seen_ns = now;
+                }
+                d.reason = if isolated {
+                    REASON_POLICY
+                } else {
+                    REASON_NOT_ISOLATED
+                };
+                return d;
+            }
+            known = ct.origin == f.direction;
+        }
+    }
+
+    d.track = true;
+    d.report = !known;
+    if !isolated {
+        return d;
+    }
+    let (identity, ipflags) = identity_of(&f.remote);
+    d.identity = identity;
+    if identity == IDENTITY_HOST {
+        d.reason = REASON_HOST;
+        return d;
+    }
+    if let Some(v) = policy_lookup(ep.id, identity, f) {
+        d.reason = REASON_POLICY;
+        d.policy = v.policy;
+        return d;
+    }
+    if !packet && ipflags & IP_DEFER_TO_PACKET != 0 {
+        d.track = false;
+        d.report = false;
+        return d;
+    }
+    d.allow = false;
+    d.track = false;
+    d.report = true;
+    d.reason = REASON_DEFAULT_DENY;
+    d
+}
+
+#[inline(always)]
+fn track(cfg: &Config, ep: u32, f: &Flow) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let v = CtValue {
+        last_seen_ns: now,
+        revision: cfg.policy_revision,
+        origin: f.direction,
+        _pad: [0; 3],
+    };
+    if CONNTRACK.insert(&ct_key(ep, f), &v, 0).is_err() {
+        count(CNT_CT_INSERT_ERRORS);
+    }
+}
+
+#[inline(always)]
+fn skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    let Some(f) = scratch() else {
+        return ALLOW;
+    };
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    let (cgid, ep) = endpoint::of_skb(skb, cfg.root_level);
+    f.direction = direction;
+    if parse(ctx, f).is_none() {
+        count(CNT_PARSE_ERRORS);
+        // Not IP, or unparsable: an isolated pod gets nothing that policy cannot describe.
+        return match ep {
+            Some(e) if e.flags & (EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED) != 0 => DROP,
+            _ => ALLOW,
+        };
+    }
+    let Some(ep) = ep else {
+        if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !is_loopback(&f.remote) {
+            count(CNT_NET_DENY);
+            emit(
+                cgid,
+                0,
+                f,
+                IDENTITY_WORLD,
+                0,
+                VERDICT_DENY,
+                REASON_UNCLASSIFIED,
+            );
+            return DROP;
+        }
+        return ALLOW;
+    };
+    let d = decide(cfg, &ep, f, true);
+    if d.allow {
+        if d.track {
+            track(cfg, ep.id, f);
+        }
+        if d.report && cfg.flags & CFG_EVENTS_ALLOW != 0 {
+            emit(
+                cgid,
+                ep.id,
+                f,
+                d.identity,
+                d.policy,
+                VERDICT_ALLOW,
+                d.reason,
+            );
+        }
+        count(CNT_NET_ALLOW);
+        return ALLOW;
+    }
+    count(CNT_NET_DENY);
+    if cfg.flags & CFG_NET_AUDIT != 0 {
+        emit(cgid, ep.id, f, d.identity, 0, VERDICT_AUDIT, d.reason);
+        track(cfg, ep.id, f);
+        return ALLOW;
+    }
+    emit(cgid, ep.id, f, d.identity, 0, VERDICT_DENY, d.reason);
+    DROP
+}
+
+#[cgroup_skb]
+pub fn net_ingress(ctx: SkBuffContext) -> i32 {
+    skb_verdict(&ctx, DIR_INGRESS)
+}
+
+#[cgroup_skb]
+pub fn net_egress(ctx: SkBuffContext) -> i32 {
+    skb_verdict(&ctx, DIR_EGRESS)
+}
+
+/// connect()/sendmsg() check. Return 1 to let the call proceed, 0 to fail it with EPERM.
+#[inline(always)]
+fn sock_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    let Some(f) = scratch() else {
+        return ALLOW;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: reads of the program's own context fields.
+    unsafe {
+        f.protocol = (*sa).protocol as u8;
+        f.dport = u16::from_be((*sa).user_port as u16);
+        if v6 {
+            let w = (*sa).user_ip6;
+            f.remote[0..4].copy_from_slice(&w[0].to_ne_bytes());
+            f.remote[4..8].copy_from_slice(&w[1].to_ne_bytes());
+            f.remote[8..12].copy_from_slice(&w[2].to_ne_bytes());
+            f.remote[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        } else {
+            f.remote = v4_mapped((*sa).user_ip4.to_ne_bytes());
+        }
+        let sk = (*sa).__bindgen_anon_1.sk;
+        f.local_port = if sk.is_null() {
+            0
+        } else {
+            (*sk).src_port as u16
+        };
+    }
+    if !has_ports(f.protocol) {
+        return ALLOW;
+    }
+    f.local = [0; 16];
+    f.remote_port = f.dport;
+    f.direction = DIR_EGRESS;
+    f.tcp_flags = if f.protocol == PROTO_TCP { TCP_SYN } else { 0 };
+    let (cgid, ep) = endpoint::of_current(cfg.root_level);
+    let Some(ep) = ep else {
+        if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !is_loopback(&f.remote) {
+            emit(
+                cgid,
+                0,
+                f,
+                IDENTITY_WORLD,
+                0,
+                VERDICT_DENY,
+                REASON_UNCLASSIFIED,
+            );
+            return DROP;
+        }
+        return ALLOW;
+    };
+    let d = decide(cfg, &ep, f, false);
+    if d.allow || cfg.flags & CFG_NET_AUDIT != 0 {
+        // The packet path reports and tracks the flow.
+        return ALLOW;
+    }
+    emit(cgid, ep.id, f, d.identity, 0, VERDICT_DENY, d.reason);
+    DROP
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn net_connect4(ctx: SockAddrContext) -> i32 {
+    sock_verdict(&ctx, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn net_connect6(ctx: SockAddrContext) -> i32 {
+    sock_verdict(&ctx, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn net_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_verdict(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn net_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_verdict(&ctx, true)
+}

@@ -1,0 +1,5 @@
+//! enforcer's node agent as a library: the binary (`src/main.rs`) and the test suites use
+//! the same code.
+
+pub mod bpf;
+pub mod cgroup;

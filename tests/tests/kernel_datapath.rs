@@ -1,0 +1,251 @@
+//! Kernel tier: the real network programs loaded into this machine's kernel, attached to
+//! cgroups the test creates, judged by real connections between network namespaces the test
+//! creates.
+
+use enforcer::bpf::{Datapath, lpm_key};
+use enforcer_common::*;
+use enforcer_tests::*;
+
+/// A client namespace and a server namespace on one veth link, a server listening on
+/// tcp:80, tcp:81 and udp:81, and a test cgroup tree `root/pod-a`.
+struct World {
+    srv: Netns,
+    cli: Netns,
+    root: Cgroup,
+    pod: Cgroup,
+    outside: Cgroup,
+    server: Option<Bg>,
+}
+
+const SRV: &str = "10.201.0.2";
+
+fn world(test: &str) -> Option<World> {
+    if !is_root() {
+        skip(
+            test,
+            "needs root (BPF programs, cgroups, network namespaces)",
+        );
+        return None;
+    }
+    let srv = Netns::new("ks");
+    let cli = Netns::new("kc");
+    veth(&cli, "10.201.0.1/24", &srv, "10.201.0.2/24");
+    let root = Cgroup::new_root("enf-kt");
+    let pod = root.child("pod-a");
+    let outside = Cgroup::new_root("enf-ko");
+    Some(World {
+        srv,
+        cli,
+        root,
+        pod,
+        outside,
+        server: None,
+    })
+}
+
+impl World {
+    fn serve(&mut self, cgroup: Option<&std::path::Path>) {
+        let place = Place {
+            netns: Some(&self.srv),
+            cgroup,
+        };
+        self.server = Some(Bg::spawn(place, &["serve", "tcp:80", "tcp:81", "udp:81"]));
+    }
+
+    fn datapath(&self, flags: u32) -> Datapath {
+        let mut dp = Datapath::load(None).expect("load eBPF object");
+        dp.set_config(&Config {
+            root_cgroup_id: self.root.id(),
+            root_level: self.root.level(),
+            flags,
+            policy_revision: 1,
+            ct_timeout_tcp_s: 3600,
+            ct_timeout_other_s: 60,
+            unclassified_guards: 0,
+        })
+        .expect("config");
+        dp
+    }
+
+    fn from(&self, cg: &Cgroup, proto: &str, port: u16) -> String {
+        let place = Place {
+            netns: Some(&self.cli),
+            cgroup: Some(&cg.path),
+        };
+        probe(place, &["connect", proto, SRV, &port.to_string(), "400"]).1
+    }
+}
+
+fn allow(dp: &mut Datapath, ep: u32, dir: u8, proto: u8, port: u16, policy: u32) {
+    dp.policy()
+        .unwrap()
+        .insert(
+            &lpm_key(
+                POLICY_PREFIX_FULL,
+                PolicyKey {
+                    endpoint: ep,
+                    identity: IDENTITY_ANY,
+                    direction: dir,
+                    protocol: proto,
+                    port: port.to_be_bytes(),
+                },
+            ),
+            PolicyValue { policy, flags: 0 },
+            0,
+        )
+        .unwrap();
+}
+
+#[test]
+fn egress_isolated_pod_is_denied_and_outside_passes() {
+    let Some(mut w) = world("egress_isolated_pod_is_denied_and_outside_passes") else {
+        return;
+    };
+    w.serve(None);
+    // Before anything is loaded both directions work.
+    assert_eq!(w.from(&w.pod, "tcp", 80), "ok");
+
+    let mut dp = w.datapath(0);
+    dp.endpoints()
+        .unwrap()
+        .insert(
+            w.pod.id(),
+            Endpoint {
+                id: 7,
+                flags: EP_EGRESS_ISOLATED,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    dp.attach_network(&w.root.path).expect("attach");
+
+    // Isolated for egress with no policy: connect() and sendto() fail at once.
+    assert_eq!(w.from(&w.pod, "tcp", 80), "eperm");
+    assert_eq!(w.from(&w.pod, "udp", 81), "eperm");
+    // The same traffic from a cgroup outside the attach root passes.
+    assert_eq!(w.from(&w.outside, "tcp", 80), "ok");
+    assert_eq!(w.from(&w.outside, "udp", 81), "ok");
+    // A process in the root itself is not a pod: it is unclassified and passes unless the
+    // deny-unclassified setting is on.
+    assert_eq!(w.from(&w.root, "tcp", 80), "ok");
+
+    // Allow tcp/80 only: tcp/80 passes (and its reply, via conntrack); tcp/81 and udp stay
+    // denied.
+    allow(&mut dp, 7, DIR_EGRESS, PROTO_TCP, 80, 3);
+    assert_eq!(w.from(&w.pod, "tcp", 80), "ok");
+    assert_eq!(w.from(&w.pod, "tcp", 81), "eperm");
+    assert_eq!(w.from(&w.pod, "udp", 81), "eperm");
+    drop(dp);
+    // Detached on drop.
+    assert_eq!(w.from(&w.pod, "tcp", 81), "ok");
+}
+
+#[test]
+fn ingress_isolated_server_drops_packets_and_allows_replies_of_its_own_flows() {
+    let Some(mut w) =
+        world("ingress_isolated_server_drops_packets_and_allows_replies_of_its_own_flows")
+    else {
+        return;
+    };
+    // The server itself is the pod.
+    let pod_path = w.pod.path.clone();
+    let pod_id = w.pod.id();
+    w.serve(Some(&pod_path));
+    let mut dp = w.datapath(0);
+    dp.endpoints()
+        .unwrap()
+        .insert(
+            pod_id,
+            Endpoint {
+                id: 9,
+                flags: EP_INGRESS_ISOLATED,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    dp.attach_network(&w.root.path).expect("attach");
+
+    // No socket hook on ingress: the SYN is dropped in the kernel and the client times out.
+    assert_eq!(w.from(&w.outside, "tcp", 80), "timeout");
+    assert_eq!(w.from(&w.outside, "udp", 81), "timeout");
+    allow(&mut dp, 9, DIR_INGRESS, PROTO_UDP, 81, 4);
+    assert_eq!(w.from(&w.outside, "udp", 81), "ok");
+    assert_eq!(w.from(&w.outside, "tcp", 80), "timeout");
+    // A port range (80-81 as the 15-bit prefix 80/15) opens both TCP ports.
+    dp.policy()
+        .unwrap()
+        .insert(
+            &lpm_key(
+                POLICY_PREFIX_ANY_PORT + 15,
+                PolicyKey {
+                    endpoint: 9,
+                    identity: IDENTITY_ANY,
+                    direction: DIR_INGRESS,
+                    protocol: PROTO_TCP,
+                    port: 80u16.to_be_bytes(),
+                },
+            ),
+            PolicyValue {
+                policy: 5,
+                flags: 0,
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(w.from(&w.outside, "tcp", 80), "ok");
+    assert_eq!(w.from(&w.outside, "tcp", 81), "ok");
+    // Egress of the server is not isolated, so its replies always went out; a client
+    // *inside* the pod (egress free, ingress isolated) still gets its replies back through
+    // conntrack although nothing allows ingress from the server.
+    dp.policy()
+        .unwrap()
+        .remove(&lpm_key(
+            POLICY_PREFIX_ANY_PORT + 15,
+            PolicyKey {
+                endpoint: 9,
+                identity: IDENTITY_ANY,
+                direction: DIR_INGRESS,
+                protocol: PROTO_TCP,
+                port: 80u16.to_be_bytes(),
+            },
+        ))
+        .unwrap();
+    drop(w.server.take());
+    w.serve(None);
+    let place = Place {
+        netns: Some(&w.cli),
+        cgroup: Some(&pod_path),
+    };
+    assert_eq!(probe(place, &["connect", "tcp", SRV, "80", "400"]).1, "ok");
+    assert_eq!(probe(place, &["connect", "udp", SRV, "81", "400"]).1, "ok");
+}
+
+#[test]
+fn unclassified_cgroups_are_denied_when_configured() {
+    let Some(mut w) = world("unclassified_cgroups_are_denied_when_configured") else {
+        return;
+    };
+    w.serve(None);
+    let mut dp = w.datapath(CFG_DENY_UNCLASSIFIED);
+    dp.attach_network(&w.root.path).expect("attach");
+    // pod-a has no endpoint entry yet: the agent has not classified it.
+    assert_eq!(w.from(&w.pod, "tcp", 80), "eperm");
+    dp.endpoints()
+        .unwrap()
+        .insert(
+            w.pod.id(),
+            Endpoint {
+                id: 1,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(w.from(&w.pod, "tcp", 80), "ok");
+    // A container cgroup below a classified pod resolves to the pod.
+    let ctr = w.pod.child("cri-containerd-abc.scope");
+    assert_eq!(w.from(&ctr, "tcp", 80), "ok");
+    assert_eq!(w.from(&w.outside, "tcp", 80), "ok");
+}
