@@ -17,7 +17,7 @@ use crate::maps::ENDPOINTS;
 #[inline(always)]
 fn lookup(cgid: u64) -> Option<Endpoint> {
     // SAFETY: the value is copied out at once; entries are plain data.
-    unsafe { ENDPOINTS.get(&cgid).copied() }
+    unsafe { ENDPOINTS.get(cgid).copied() }
 }
 
 /// Endpoint of the socket that owns `skb`.

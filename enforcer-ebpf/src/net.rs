@@ -198,14 +198,14 @@ fn policy_lookup(ep: u32, identity: u32, f: &Flow) -> Option<PolicyValue> {
         protocol: f.protocol,
         port: f.dport.to_be_bytes(),
     };
-    if let Some(v) = POLICY.get(&Key::new(POLICY_PREFIX_FULL, data)) {
+    if let Some(v) = POLICY.get(Key::new(POLICY_PREFIX_FULL, data)) {
         return Some(*v);
     }
     let any = PolicyKey {
         identity: IDENTITY_ANY,
         ..data
     };
-    POLICY.get(&Key::new(POLICY_PREFIX_FULL, any)).copied()
+    POLICY.get(Key::new(POLICY_PREFIX_FULL, any)).copied()
 }
 
 #[inline(always)]
@@ -303,7 +303,7 @@ fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = ct_key(ep.id, f);
     let mut known = false;
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+    if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: LRU entry of plain data; a concurrent update can at worst make us
         // re-evaluate policy.
         let ct = unsafe { &mut *ct };
@@ -370,7 +370,7 @@ fn track(cfg: &Config, ep: u32, f: &Flow) {
         origin: f.direction,
         _pad: [0; 3],
     };
-    if CONNTRACK.insert(&ct_key(ep, f), &v, 0).is_err() {
+    if CONNTRACK.insert(ct_key(ep, f), v, 0).is_err() {
         count(CNT_CT_INSERT_ERRORS);
     }
 }

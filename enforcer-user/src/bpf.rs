@@ -80,20 +80,20 @@ pub enum BpfError {
     Map {
         map: String,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("program {program}: loading into the kernel: {source}")]
     Load {
         program: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("program {program}: attaching to {target}: {source}")]
     Attach {
         program: String,
         target: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("program {program}: its attachment is not a bpf_link (kernel too old?): {message}")]
     Link { program: String, message: String },
@@ -262,7 +262,7 @@ impl Datapath {
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map, BpfError> {
         self.ebpf.map_mut(name).ok_or_else(|| BpfError::Map {
             map: name.into(),
-            source: MapError::InvalidName { name: name.into() },
+            source: Box::new(MapError::InvalidName { name: name.into() }),
         })
     }
 
@@ -307,9 +307,9 @@ impl Datapath {
             .take_map(map_names::EVENTS)
             .ok_or_else(|| BpfError::Map {
                 map: map_names::EVENTS.into(),
-                source: MapError::InvalidName {
+                source: Box::new(MapError::InvalidName {
                     name: map_names::EVENTS.into(),
-                },
+                }),
             })?;
         aya::maps::RingBuf::try_from(map).map_err(map_err(map_names::EVENTS))
     }
@@ -357,7 +357,7 @@ where
 fn load_err(program: &str, source: ProgramError) -> BpfError {
     BpfError::Load {
         program: program.into(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -365,14 +365,14 @@ fn attach_err(program: &str, target: &str, source: ProgramError) -> BpfError {
     BpfError::Attach {
         program: program.into(),
         target: target.into(),
-        source,
+        source: Box::new(source),
     }
 }
 
 fn map_err(map: &str) -> impl FnOnce(MapError) -> BpfError + '_ {
     move |source| BpfError::Map {
         map: map.into(),
-        source,
+        source: Box::new(source),
     }
 }
 

@@ -1,0 +1,256 @@
+//! `cargo xtask setup`: install everything building and testing needs on a fresh Debian 12
+//! machine. Idempotent: a second run checks and does nothing.
+//!
+//! - Debian packages: `rustc-web`/`cargo-web` (rustc 1.96 on LLVM 22 with a prebuilt
+//!   `core` for the BPF targets from `libstd-rust-web-dev-bpf`), `llvm-22-dev` to build
+//!   bpf-linker, QEMU and busybox for the VM tier, iproute2 for test namespaces.
+//! - bpf-linker, built against LLVM 22 with `cargo install`.
+//! - The Debian kernel the VM tier boots, downloaded as a package and unpacked (not
+//!   installed), with an uncompressed vmlinux (booting it saves ~5 s per VM run).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{cache_dir, is_root, output, run};
+
+/// Debian packages, and the minimum version where it matters.
+const PACKAGES: &[(&str, Option<&str>)] = &[
+    ("rustc-web", Some("1.96")),
+    ("cargo-web", Some("1.96")),
+    ("libstd-rust-web-dev-bpf", Some("1.96")),
+    ("llvm-22-dev", None),
+    ("qemu-system-x86", None),
+    ("busybox-static", None),
+    ("cpio", None),
+    ("xz-utils", None),
+    ("iproute2", None),
+    ("kmod", None),
+    ("procps", None),
+];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// What `setup` needs to do, so that `--check` and the test tiers can report it.
+pub fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .filter(|(name, min)| {
+            let v = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}|${Version}", name])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            match v {
+                Some(s) if s.starts_with("install ok installed|") => match min {
+                    Some(min) => !version_at_least(s.split('|').nth(1).unwrap_or(""), min),
+                    None => false,
+                },
+                _ => true,
+            }
+        })
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// Compare the leading `major.minor` of a Debian version with `min`.
+fn version_at_least(version: &str, min: &str) -> bool {
+    let nums = |s: &str| -> Vec<u32> {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .take(2)
+            .map(|p| p.parse().unwrap_or(0))
+            .collect()
+    };
+    let v = version.split_once(':').map(|(_, r)| r).unwrap_or(version);
+    nums(v) >= nums(min)
+}
+
+pub fn bpf_linker_path() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| "/root/.cargo".into());
+    home.join("bin/bpf-linker")
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new(bpf_linker_path())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+pub fn setup(check_only: bool) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut todo = Vec::new();
+
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        todo.push(format!("apt packages: {}", missing.join(" ")));
+    }
+    if !bpf_linker_ok() {
+        todo.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    }
+    let kernel = vm_kernel_dir();
+    if kernel
+        .as_ref()
+        .map(|k| !k.join("ready").exists())
+        .unwrap_or(true)
+    {
+        todo.push("VM kernel (Debian linux-image, unpacked)".into());
+    }
+    if todo.is_empty() {
+        eprintln!("setup: everything is in place ({:.1?})", start.elapsed());
+        return Ok(());
+    }
+    if check_only {
+        bail!("setup needed: {}", todo.join("; "));
+    }
+    if !is_root() {
+        bail!(
+            "setup must install: {}.\nThat needs root (apt-get, mounts): run `sudo -E cargo xtask setup`.",
+            todo.join("; ")
+        );
+    }
+
+    if !missing.is_empty() {
+        let apt_env = [("DEBIAN_FRONTEND", "noninteractive")];
+        run(Command::new("apt-get").args(["update", "-q"]).envs(apt_env))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .envs(apt_env))?;
+        let still = missing_packages();
+        if !still.is_empty() {
+            bail!(
+                "after apt-get install these are still missing or too old: {} \
+                 (rustc-web 1.96 comes from the bookworm-security suite; is it in apt sources?)",
+                still.join(" ")
+            );
+        }
+    }
+
+    if !bpf_linker_ok() {
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        // The rustup cargo builds bpf-linker; LLVM_PREFIX/PATH point it at Debian's LLVM 22.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo)
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", path)
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env_remove("RUSTUP_TOOLCHAIN"))?;
+    }
+
+    ensure_vm_kernel()?;
+    eprintln!("setup: done in {:.1?}", start.elapsed());
+    Ok(())
+}
+
+/// Name of the Debian kernel package `linux-image-amd64` depends on today.
+fn kernel_package() -> Result<String> {
+    if let Ok(p) = std::env::var("ENFORCER_VM_KERNEL_PACKAGE") {
+        return Ok(p);
+    }
+    let deps = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    deps.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
+        .map(str::to_owned)
+        .context("apt-cache depends linux-image-amd64 names no linux-image-*-amd64 package")
+}
+
+/// The unpacked kernel directory for the current package, if known without network.
+pub fn vm_kernel_dir() -> Option<PathBuf> {
+    let base = cache_dir().join("vm");
+    if let Ok(p) = kernel_package() {
+        return Some(base.join(p));
+    }
+    // Offline: reuse whatever is ready.
+    fs::read_dir(&base)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("ready").exists())
+}
+
+fn ensure_vm_kernel() -> Result<PathBuf> {
+    let pkg = kernel_package()?;
+    let dir = cache_dir().join("vm").join(&pkg);
+    if dir.join("ready").exists() {
+        return Ok(dir);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    // apt-get download writes into the current directory.
+    run(Command::new("apt-get")
+        .args(["download", "-q", &pkg])
+        .current_dir(&dir))?;
+    let deb = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download produced no .deb")?;
+    let root = dir.join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    fs::remove_file(&deb)?;
+
+    let kver = fs::read_dir(root.join("lib/modules"))?
+        .flatten()
+        .next()
+        .context("kernel package has no lib/modules")?
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let vmlinuz = root.join(format!("boot/vmlinuz-{kver}"));
+    extract_vmlinux(&vmlinuz, &dir.join("vmlinux"))?;
+    // Packages do not ship modules.dep: generate it so modprobe works inside the VM.
+    run(Command::new("depmod").arg("-b").arg(&root).arg(&kver))?;
+    fs::write(dir.join("kver"), &kver)?;
+    fs::write(dir.join("ready"), "")?;
+    Ok(dir)
+}
+
+/// Decompress the xz payload of a bzImage into an ELF vmlinux (PVH-bootable by QEMU).
+fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
+    let data = fs::read(bzimage).with_context(|| bzimage.display().to_string())?;
+    const XZ_MAGIC: &[u8] = &[0xFD, b'7', b'z', b'X', b'Z', 0x00];
+    let pos = data
+        .windows(XZ_MAGIC.len())
+        .position(|w| w == XZ_MAGIC)
+        .context("no xz stream in vmlinuz")?;
+    let tmp = out.with_extension("xz");
+    fs::write(&tmp, &data[pos..])?;
+    let elf = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .arg(&tmp)
+        .output()?;
+    fs::remove_file(&tmp)?;
+    if !elf.stdout.starts_with(b"\x7fELF") {
+        bail!(
+            "decompressing {} did not produce an ELF: {}",
+            bzimage.display(),
+            String::from_utf8_lossy(&elf.stderr)
+        );
+    }
+    fs::write(out, &elf.stdout)?;
+    Ok(())
+}

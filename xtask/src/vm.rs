@@ -1,0 +1,311 @@
+//! The VM tier: boot Debian's 6.1 kernel (BPF LSM active) under QEMU/TCG and run test
+//! binaries inside it.
+//!
+//! The guest sees the host's root filesystem read-only over virtio-9p, under an overlayfs
+//! whose upper layer is a tmpfs, so the host's (dynamically linked) test binaries, `ip`,
+//! and the rest of the userland run unchanged. A second, writable 9p share carries the run
+//! script in and the per-test logs and exit codes out; it is mounted at the same path in
+//! the guest as on the host. The kernel package's modules are bind-mounted at
+//! /lib/modules/<kver> so that `modprobe` (veth, sctp...) works in the guest.
+//!
+//! Each test runs alone (`--exact`) under `timeout`; the whole VM has a deadline after
+//! which QEMU is killed. A test with no recorded exit code failed (the VM died or hung).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{setup::vm_kernel_dir, util::root};
+
+/// Modules the initramfs loads to reach the host filesystem.
+const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+
+/// Per-test limit inside the guest (TCG is ~20x slower than the host for CPU work).
+const TEST_TIMEOUT_S: u64 = 240;
+
+pub struct VmTest {
+    pub binary: PathBuf,
+    pub name: String,
+}
+
+#[derive(Debug)]
+pub struct VmResult {
+    pub binary: String,
+    pub name: String,
+    /// Some(0) pass, Some(124) timed out, Some(n) failed, None never finished.
+    pub rc: Option<i32>,
+    pub log: String,
+    pub skipped: Option<String>,
+}
+
+fn kernel() -> Result<(PathBuf, String)> {
+    let dir = vm_kernel_dir()
+        .filter(|d| d.join("ready").exists())
+        .context("the VM kernel is not unpacked: run `cargo xtask setup`")?;
+    let kver = fs::read_to_string(dir.join("kver"))?.trim().to_string();
+    Ok((dir, kver))
+}
+
+/// Resolve module load order (dependencies first) from modules.dep.
+fn module_order(modroot: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
+    let dep = fs::read_to_string(modroot.join("modules.dep"))
+        .with_context(|| format!("{}/modules.dep", modroot.display()))?;
+    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in dep.lines() {
+        let Some((m, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let name = Path::new(m)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".ko")
+            .replace('-', "_");
+        let ds = rest
+            .split_whitespace()
+            .map(|d| {
+                Path::new(d)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches(".ko")
+                    .replace('-', "_")
+            })
+            .collect();
+        deps.insert(name, (m.to_string(), ds));
+    }
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn visit(
+        m: &str,
+        deps: &BTreeMap<String, (String, Vec<String>)>,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        if !seen.insert(m.to_string()) {
+            return Ok(());
+        }
+        let (path, ds) = deps
+            .get(m)
+            .with_context(|| format!("module {m} is not in modules.dep (built in?)"))?;
+        for d in ds {
+            visit(d, deps, seen, order)?;
+        }
+        order.push(PathBuf::from(path));
+        Ok(())
+    }
+    for w in wanted {
+        visit(&w.replace('-', "_"), &deps, &mut seen, &mut order)?;
+    }
+    Ok(order)
+}
+
+fn build_initramfs(work: &Path, kdir: &Path, kver: &str) -> Result<PathBuf> {
+    let tree = work.join("initramfs");
+    let _ = fs::remove_dir_all(&tree);
+    for d in [
+        "bin", "modules", "proc", "sys", "dev", "host", "newroot", "upper",
+    ] {
+        fs::create_dir_all(tree.join(d))?;
+    }
+    fs::copy("/bin/busybox", tree.join("bin/busybox"))
+        .context("/bin/busybox (busybox-static) is missing: run `cargo xtask setup`")?;
+    let modroot = kdir.join("root/lib/modules").join(kver);
+    let mut names = Vec::new();
+    for m in module_order(&modroot, BOOT_MODULES)? {
+        let name = m.file_name().unwrap().to_string_lossy().into_owned();
+        fs::copy(modroot.join(&m), tree.join("modules").join(&name))?;
+        names.push(name);
+    }
+    fs::write(tree.join("modules/order"), names.join("\n") + "\n")?;
+    let init = tree.join("init");
+    fs::write(&init, INIT)?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    let out = work.join("initramfs.cpio");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+            tree.display(),
+            out.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("building the initramfs failed");
+    }
+    Ok(out)
+}
+
+/// The guest's PID 1 (busybox sh). `@RESULTS@` and `@MODULES@` are substituted.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules/order); do insmod /modules/$m || echo "init: insmod $m failed"; done
+opts=trans=virtio,version=9p2000.L,msize=524288,cache=loose
+mount -t 9p -o $opts,ro hostroot /host || { echo "init: cannot mount host root"; poweroff -f; }
+mount -t tmpfs -o size=1g tmpfs /upper
+mkdir -p /upper/u /upper/w
+mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /newroot || { echo "init: overlay failed"; poweroff -f; }
+R=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^enforcer.results=//p')
+K=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^enforcer.modules=//p')
+mkdir -p /newroot$R
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results /newroot$R
+mount -t proc proc /newroot/proc
+mount -t sysfs sys /newroot/sys
+mount -t devtmpfs dev /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts devpts /newroot/dev/pts
+mount -t tmpfs tmpfs /newroot/dev/shm
+mount -t tmpfs tmpfs /newroot/run
+mount -t tmpfs tmpfs /newroot/tmp
+mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+mount -t bpf bpf /newroot/sys/fs/bpf
+mount -t securityfs securityfs /newroot/sys/kernel/security
+mount -t tracefs tracefs /newroot/sys/kernel/tracing 2>/dev/null
+KV=$(uname -r)
+mkdir -p /newroot/lib/modules/$KV
+mount --bind /newroot$K /newroot/lib/modules/$KV
+echo "init: guest ready, kernel $KV, lsm=$(cat /newroot/sys/kernel/security/lsm)"
+chroot /newroot /bin/sh $R/run.sh
+echo "init: tests finished"
+sync
+poweroff -f
+"#;
+
+/// Run `tests` in one VM. `extra_env` is passed to every test.
+pub fn run(tests: &[VmTest], extra_env: &[(String, String)]) -> Result<Vec<VmResult>> {
+    let (kdir, kver) = kernel()?;
+    let work = root().join("target/vm");
+    fs::create_dir_all(&work)?;
+    let results = work.join(format!("run-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&results);
+    fs::create_dir_all(&results)?;
+    let initramfs = build_initramfs(&work, &kdir, &kver)?;
+
+    // The run script: one line per test, results into the shared directory.
+    let mut script = String::from("set +e\n");
+    script.push_str("export ENFORCER_VM=1 RUST_BACKTRACE=1 HOME=/root\n");
+    script.push_str(&format!(
+        "export ENFORCER_SKIP_LOG={}/skips\n",
+        results.display()
+    ));
+    for (k, v) in extra_env {
+        script.push_str(&format!("export {k}='{v}'\n"));
+    }
+    script.push_str("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
+    script.push_str(&format!("cd {}\n", results.display()));
+    for (i, t) in tests.iter().enumerate() {
+        script.push_str(&format!(
+            "echo '>>> {name}'; timeout -k 5 {TEST_TIMEOUT_S} '{bin}' --exact '{name}' --test-threads=1 --nocapture > {i}.log 2>&1; echo $? > {i}.rc; echo \"<<< {name} rc=$(cat {i}.rc)\"\n",
+            name = t.name,
+            bin = t.binary.display(),
+        ));
+    }
+    fs::write(results.join("run.sh"), script)?;
+
+    let deadline = Duration::from_secs(120 + TEST_TIMEOUT_S * tests.len() as u64 / 2);
+    let console = results.join("console.log");
+    let append = format!(
+        "console=ttyS0 panic=-1 pci=noacpi tsc=reliable no_timer_check cryptomgr.notests \
+         mitigations=off rdinit=/init quiet loglevel=4 enforcer.results={} enforcer.modules={}",
+        results.display(),
+        kdir.join("root/lib/modules").join(&kver).display()
+    );
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-kernel")
+        .arg(kdir.join("vmlinux"))
+        .arg("-initrd")
+        .arg(&initramfs)
+        .args(["-append", &append])
+        .arg("-virtfs")
+        .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=results,security_model=none,multidevs=remap",
+            results.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!(
+        "vm: booting {kver} under QEMU/TCG for {} test(s) (deadline {:?})",
+        tests.len(),
+        deadline
+    );
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let mut timed_out = false;
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if start.elapsed() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut qerr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut qerr);
+    }
+    eprintln!(
+        "vm: finished in {:.1?}{}",
+        start.elapsed(),
+        if timed_out {
+            " (KILLED at deadline)"
+        } else {
+            ""
+        }
+    );
+
+    let skips = fs::read_to_string(results.join("skips")).unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, t) in tests.iter().enumerate() {
+        let rc = fs::read_to_string(results.join(format!("{i}.rc")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let log = fs::read_to_string(results.join(format!("{i}.log"))).unwrap_or_default();
+        let skipped = skips.lines().find_map(|l| {
+            l.split_once('\t')
+                .filter(|(n, _)| *n == t.name)
+                .map(|(_, r)| r.to_string())
+        });
+        out.push(VmResult {
+            binary: t.binary.file_name().unwrap().to_string_lossy().into_owned(),
+            name: t.name.clone(),
+            rc,
+            log,
+            skipped,
+        });
+    }
+    if out.iter().any(|r| r.rc.is_none()) || timed_out {
+        let c = fs::read_to_string(&console).unwrap_or_default();
+        let tail: Vec<&str> = c.lines().rev().take(60).collect();
+        eprintln!("vm: console (last 60 lines):");
+        for l in tail.iter().rev() {
+            eprintln!("  | {l}");
+        }
+        if !qerr.is_empty() {
+            eprintln!("vm: qemu stderr: {qerr}");
+        }
+    }
+    Ok(out)
+}
