@@ -3,3 +3,7 @@
 
 pub mod bpf;
 pub mod cgroup;
+pub mod kubelet;
+pub mod manifests;
+pub mod model;
+pub mod policy;

@@ -1,0 +1,1 @@
+//! kubelet cgroup layouts: pod and container cgroup discovery and watching.

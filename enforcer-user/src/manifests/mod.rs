@@ -1,0 +1,1 @@
+//! Standalone manifests: loading, validation into the model, directory watching.

@@ -1,0 +1,1 @@
+//! NetworkPolicy compiler (pure): cluster model -> desired BPF map state, and diffs.
