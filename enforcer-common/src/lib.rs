@@ -13,7 +13,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes. Pinned maps of another version are not reused.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------------------
 // Configuration (Array map `CONFIG`, one entry)
@@ -110,7 +110,12 @@ pub const IP_DEFER_TO_PACKET: u32 = 1 << 0;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IpInfo {
     pub identity: u32,
+    /// `IP_*` bits.
     pub flags: u32,
+    /// Endpoint id of the local pod that owns this address (0: none). Lets the socket
+    /// hooks, which run before the source address is chosen, see a pod talking to itself.
+    pub endpoint: u32,
+    pub _pad: u32,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -286,7 +291,184 @@ pub const CNT_NET_ALLOW: u32 = 3;
 pub const CNT_NET_DENY: u32 = 4;
 pub const CNT_GUARD_DENY: u32 = 5;
 pub const CNT_GUARD_AUDIT: u32 = 6;
+/// `ARMED` was full (or otherwise refused an insert): a cgroup stayed unarmed.
+pub const CNT_ARM_ERRORS: u32 = 7;
 pub const CNT_MAX: u32 = 8;
+
+// ---------------------------------------------------------------------------------------
+// Runtime guards: arming, settings, fallback syscall rules, kernel offsets
+// ---------------------------------------------------------------------------------------
+
+/// `ARMED` value bits (HashMap `ARMED`, key: cgroup id u64, value: u32). A guard only ever
+/// applies to a task whose own cgroup has an entry (see `enforcer-ebpf/src/guards.rs`).
+/// Armed by the exec tracepoint: a task exec'd while in this cgroup.
+pub const ARM_EXEC: u32 = 1 << 0;
+/// Armed by the agent (containers that were running before the programs were attached).
+pub const ARM_AGENT: u32 = 1 << 1;
+
+/// Guard settings (Array map `GUARD_CONFIG`, one entry), written when guards are attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// `TIER_*` of the attached guard programs, 0 while none are attached. Programs that
+    /// both tiers share (cgroup device, cgroup sysctl, the exec tracepoint) report it, and
+    /// the exec tracepoint checks the new credentials only in `TIER_FALLBACK` (the LSM tier
+    /// checks them in `bprm_creds_from_file`, before they are committed).
+    pub tier: u32,
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+/// Number of entries of `SYSCALL_RULES` and `SYSCALL_RULES_COMPAT` (syscall numbers at or
+/// above it are never guarded).
+pub const SYSCALL_RULES_MAX: u32 = 1024;
+
+/// `SyscallRule::check`: how the fallback `sys_enter` program judges the arguments.
+/// Any call.
+pub const SC_ANY: u8 = 0;
+/// The first `arg` arguments are uids; a non-root caller (uid and euid not 0) asking for
+/// uid 0 in any of them (setuid, setreuid, setresuid, setfsuid).
+pub const SC_UIDS_TO_ROOT: u8 = 1;
+/// `args[arg] & value != 0` (namespace flags of unshare/clone).
+pub const SC_ARG_MASK: u8 = 2;
+/// `args[arg] == value` (socket family).
+pub const SC_ARG_EQ: u8 = 3;
+/// `*(u64 *)args[arg] & value != 0`: a user-memory flags word (clone3's `clone_args.flags`).
+pub const SC_USER_U64_MASK: u8 = 4;
+/// `*(u32 *)args[arg]` is non-zero and not `ADJ_OFFSET_SS_READ`: a `struct timex` that
+/// changes the clock (adjtimex, clock_adjtime); a pure read passes.
+pub const SC_TIMEX_WRITE: u8 = 5;
+/// ptrace(2): `args[0]` is PTRACE_TRACEME, PTRACE_ATTACH or PTRACE_SEIZE. With
+/// `GUARD_PTRACE_ANY` always; with `GUARD_PTRACE` only when the caller is in the initial
+/// PID namespace (see the fallback module for why).
+pub const SC_PTRACE: u8 = 6;
+/// Other calls that need ptrace access to another process (process_vm_readv/writev,
+/// pidfd_getfd): same rule as `SC_PTRACE` without the request check.
+pub const SC_PTRACE_LIKE: u8 = 7;
+/// i386 socketcall(2): `args[0] == SYS_SOCKET` and the family at `*(u32 *)args[1]` equals
+/// `value`.
+pub const SC_SOCKETCALL_FAMILY: u8 = 8;
+
+/// One fallback syscall rule (Array maps `SYSCALL_RULES`, `SYSCALL_RULES_COMPAT`, index:
+/// syscall number of the native and of the 32-bit compat ABI). An all-zero rule guards
+/// nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRule {
+    /// `GUARD_*` bits this call falls under (a mount also uses CAP_SYS_ADMIN, so
+    /// `GUARD_MOUNT | GUARD_DANGEROUS_CAPABILITIES`). The first active bit is reported.
+    pub guards: u32,
+    /// `SC_*`.
+    pub check: u8,
+    /// Argument index (or count, for `SC_UIDS_TO_ROOT`).
+    pub arg: u8,
+    pub _pad: [u8; 2],
+    /// Mask or value for the check.
+    pub value: u64,
+}
+
+/// Bits of `KernelOffsets::present`: which offsets were found in the kernel's BTF.
+pub const OFF_TASK_CRED: u64 = 1 << 0;
+pub const OFF_TASK_TGID: u64 = 1 << 1;
+pub const OFF_TASK_CGROUPS: u64 = 1 << 2;
+pub const OFF_CSS_SET_DFL_CGRP: u64 = 1 << 3;
+pub const OFF_CGROUP_KN: u64 = 1 << 4;
+pub const OFF_KERNFS_NODE_ID: u64 = 1 << 5;
+pub const OFF_KERNFS_NODE_PARENT: u64 = 1 << 6;
+pub const OFF_TASK_THREAD_PID: u64 = 1 << 7;
+pub const OFF_PID_LEVEL: u64 = 1 << 8;
+pub const OFF_CRED_UID: u64 = 1 << 9;
+pub const OFF_CRED_SUID: u64 = 1 << 10;
+pub const OFF_CRED_EUID: u64 = 1 << 11;
+pub const OFF_CRED_FSUID: u64 = 1 << 12;
+pub const OFF_CRED_CAP_PERMITTED: u64 = 1 << 13;
+pub const OFF_CRED_CAP_AMBIENT: u64 = 1 << 14;
+pub const OFF_BINPRM_CRED: u64 = 1 << 15;
+pub const OFF_BINPRM_FILENAME: u64 = 1 << 16;
+pub const OFF_REGS_ARGS: u64 = 1 << 17;
+pub const OFF_TASK_TI_STATUS: u64 = 1 << 18;
+pub const OFF_COMPAT_REGS_ARGS: u64 = 1 << 19;
+
+/// Byte offsets of the kernel struct fields the guards read, resolved by the agent from
+/// the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and handed to the programs as the
+/// read-only global `GUARD_OFFSETS` (Rust BPF has no CO-RE relocations). A field whose
+/// `OFF_*` bit is clear in `present` was not found; programs never read it, and the guards
+/// that need it are reported unavailable.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `OFF_*` bits.
+    pub present: u64,
+    /// `task_struct.cred` (subjective credentials).
+    pub task_cred: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.cgroups` (`struct css_set *`).
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (`struct cgroup *`, the cgroup v2 cgroup).
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn` (`struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64: the cgroup id).
+    pub kernfs_node_id: u32,
+    /// `kernfs_node.parent` (named `__parent` since 6.15).
+    pub kernfs_node_parent: u32,
+    /// `task_struct.thread_pid` (`struct pid *`).
+    pub task_thread_pid: u32,
+    /// `pid.level` (0: the initial PID namespace).
+    pub pid_level: u32,
+    /// `cred.uid`, `cred.suid`, `cred.euid`, `cred.fsuid` (`kuid_t`, 4 bytes).
+    pub cred_uid: u32,
+    pub cred_suid: u32,
+    pub cred_euid: u32,
+    pub cred_fsuid: u32,
+    /// `cred.cap_permitted`, `cred.cap_ambient` (`kernel_cap_t`, 8 bytes).
+    pub cred_cap_permitted: u32,
+    pub cred_cap_ambient: u32,
+    /// `linux_binprm.cred`, `linux_binprm.filename`.
+    pub binprm_cred: u32,
+    pub binprm_filename: u32,
+    /// Offset of `thread_info.status` in `task_struct` (x86: `TS_COMPAT` marks a 32-bit
+    /// syscall).
+    pub task_ti_status: u32,
+    /// Offsets in `struct pt_regs` of the six syscall arguments (architecture-specific).
+    pub regs_args: [u32; 6],
+    /// The same for 32-bit compat syscalls (x86: ebx, ecx, edx, esi, edi, ebp).
+    pub compat_regs_args: [u32; 6],
+    /// Value of the compat bit in `task_ti_status` (0: no compat syscalls on this
+    /// architecture).
+    pub ti_status_compat: u32,
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    /// Nothing resolved: the value compiled into the object.
+    pub const UNRESOLVED: KernelOffsets = KernelOffsets {
+        present: 0,
+        task_cred: 0,
+        task_tgid: 0,
+        task_cgroups: 0,
+        css_set_dfl_cgrp: 0,
+        cgroup_kn: 0,
+        kernfs_node_id: 0,
+        kernfs_node_parent: 0,
+        task_thread_pid: 0,
+        pid_level: 0,
+        cred_uid: 0,
+        cred_suid: 0,
+        cred_euid: 0,
+        cred_fsuid: 0,
+        cred_cap_permitted: 0,
+        cred_cap_ambient: 0,
+        binprm_cred: 0,
+        binprm_filename: 0,
+        task_ti_status: 0,
+        regs_args: [0; 6],
+        compat_regs_args: [0; 6],
+        ti_status_compat: 0,
+        _pad: 0,
+    };
+}
 
 // ---------------------------------------------------------------------------------------
 // Layout checks
@@ -300,13 +482,16 @@ macro_rules! assert_size {
 assert_size!(Config, 32);
 assert_size!(Endpoint, 16);
 assert_size!(IpKey, 16);
-assert_size!(IpInfo, 8);
+assert_size!(IpInfo, 16);
 assert_size!(PolicyKey, 12);
 assert_size!(PolicyValue, 8);
 assert_size!(CtKey, 28);
 assert_size!(CtValue, 16);
 assert_size!(NetEvent, 64);
 assert_size!(GuardEvent, 120);
+assert_size!(GuardConfig, 8);
+assert_size!(SyscallRule, 16);
+assert_size!(KernelOffsets, 136);
 
 #[cfg(feature = "user")]
 mod user {
@@ -328,6 +513,14 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for GuardEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for GuardConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SyscallRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelOffsets {}
 }
 
 /// Convert an IPv4 address (network order octets) to the IPv4-mapped form used in maps.

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    Config, CtKey, CtValue, Endpoint, IpInfo, IpKey, PolicyKey, PolicyValue, CNT_MAX,
+    Config, CtKey, CtValue, Endpoint, GuardConfig, IpInfo, IpKey, PolicyKey, PolicyValue,
+    SyscallRule, CNT_MAX, SYSCALL_RULES_MAX,
 };
 
 /// Global settings, one entry.
@@ -36,6 +37,23 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Per-CPU counters, indexed by `CNT_*`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
+
+/// cgroup id -> `ARM_*` bits: cgroups whose tasks the runtime guards apply to (see
+/// `guards.rs` for why guards wait for the first exec).
+#[map]
+pub static ARMED: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// Guard settings, one entry.
+#[map]
+pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
+
+/// Fallback tier: native syscall number -> rule.
+#[map]
+pub static SYSCALL_RULES: Array<SyscallRule> = Array::with_max_entries(SYSCALL_RULES_MAX, 0);
+
+/// Fallback tier: 32-bit compat syscall number -> rule.
+#[map]
+pub static SYSCALL_RULES_COMPAT: Array<SyscallRule> = Array::with_max_entries(SYSCALL_RULES_MAX, 0);
 
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {

@@ -181,11 +181,11 @@ fn is_loopback(a: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn identity_of(addr: &[u8; 16]) -> (u32, u32) {
+fn identity_of(addr: &[u8; 16]) -> IpInfo {
     let key = Key::new(128, IpKey { addr: *addr });
     match IPCACHE.get(&key) {
-        Some(v) => (v.identity, v.flags),
-        None => (IDENTITY_WORLD, 0),
+        Some(v) => *v,
+        None => IpInfo::default(),
     }
 }
 
@@ -337,10 +337,16 @@ fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
     if !isolated {
         return d;
     }
-    let (identity, ipflags) = identity_of(&f.remote);
+    let info = identity_of(&f.remote);
+    let (identity, ipflags) = (info.identity, info.flags);
     d.identity = identity;
     if identity == IDENTITY_HOST {
         d.reason = REASON_HOST;
+        return d;
+    }
+    // The pod's own address (socket hooks cannot compare with a source address yet).
+    if info.endpoint == ep.id {
+        d.reason = REASON_LOOPBACK;
         return d;
     }
     if let Some(v) = policy_lookup(ep.id, identity, f) {

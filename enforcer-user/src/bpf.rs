@@ -9,11 +9,18 @@
 //! ```
 //!
 //! Without a pin directory (tests) nothing is pinned and everything detaches on drop.
+//!
+//! Runtime guards (see [`crate::guards`]): [`Datapath::probe_guard_tier`],
+//! [`Datapath::attach_guards`], [`Datapath::detach_guards`], and the arming functions
+//! [`Datapath::arm_cgroup`], [`Datapath::disarm_cgroup`], [`Datapath::arm_running_below`],
+//! [`Datapath::armed_cgroups`]. [`Datapath::load`] resolves the kernel struct offsets the
+//! guard programs need from `/sys/kernel/btf/vmlinux` and writes them into the object's
+//! read-only global `GUARD_OFFSETS` before loading it.
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{BTreeSet, HashMap as StdHashMap},
     fs,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -21,14 +28,21 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, CgroupSysctl, Lsm, ProgramError,
         links::{FdLink, PinnedLink},
     },
 };
 use enforcer_common::{
-    ABI_VERSION, Config, CtKey, CtValue, Endpoint, IpInfo, IpKey, PolicyKey, PolicyValue,
+    ABI_VERSION, ARM_AGENT, Config, CtKey, CtValue, Endpoint, GuardConfig, IpInfo, IpKey,
+    PolicyKey, PolicyValue, SYSCALL_RULES_MAX, SyscallRule,
 };
 use thiserror::Error;
+
+use crate::guards::{
+    self, EXEC_PROGRAM, GuardProgram, GuardSupport, LSM_PROBE_PROGRAM, ProgKind, ResolvedOffsets,
+    Tier, TierProbe,
+};
 
 /// The compiled `enforcer-ebpf` object.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
@@ -42,11 +56,28 @@ pub mod map_names {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const ARMED: &str = "ARMED";
+    pub const GUARD_CONFIG: &str = "GUARD_CONFIG";
+    pub const SYSCALL_RULES: &str = "SYSCALL_RULES";
+    pub const SYSCALL_RULES_COMPAT: &str = "SYSCALL_RULES_COMPAT";
     /// Maps that carry state across agent restarts, pinned when a pin directory is set.
     pub const PINNED: &[&str] = &[
-        CONFIG, ENDPOINTS, IPCACHE, POLICY, CONNTRACK, EVENTS, COUNTERS,
+        CONFIG,
+        ENDPOINTS,
+        IPCACHE,
+        POLICY,
+        CONNTRACK,
+        EVENTS,
+        COUNTERS,
+        ARMED,
+        GUARD_CONFIG,
+        SYSCALL_RULES,
+        SYSCALL_RULES_COMPAT,
     ];
 }
+
+/// Name of the read-only global holding the kernel offsets (`KernelOffsets`).
+pub const GUARD_OFFSETS_GLOBAL: &str = "GUARD_OFFSETS";
 
 /// Network programs and where they attach.
 pub const NET_SKB_PROGRAMS: &[(&str, CgroupSkbAttachType)] = &[
@@ -60,8 +91,13 @@ pub const NET_SOCK_PROGRAMS: &[&str] = &[
     "net_sendmsg6",
 ];
 
-/// LSM programs and their hooks.
-pub const LSM_PROGRAMS: &[(&str, &str)] = &[("lsm_socket_create", "socket_create")];
+/// LSM programs and their hooks (every guard program of the LSM tier).
+pub fn lsm_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
+    guards::LSM_PROGRAMS.iter().filter_map(|p| match p.kind {
+        ProgKind::Lsm(hook) => Some((p.name, hook)),
+        _ => None,
+    })
+}
 
 #[derive(Debug, Error)]
 pub enum BpfError {
@@ -138,6 +174,26 @@ pub struct Datapath {
     pin_dir: Option<PathBuf>,
     /// Attachments held by this process when not pinned.
     links: Vec<FdLink>,
+    /// Guard attachments held by this process when not pinned (dropped by
+    /// `detach_guards`).
+    guard_links: Vec<FdLink>,
+    raw_guard_links: Vec<OwnedFd>,
+    /// Guard programs attached (pinned or held).
+    guards_attached: BTreeSet<&'static str>,
+    /// Kernel struct offsets written into `GUARD_OFFSETS`.
+    offsets: ResolvedOffsets,
+}
+
+/// What [`Datapath::attach_guards`] did.
+#[derive(Clone, Debug)]
+pub struct GuardsAttached {
+    pub tier: Tier,
+    /// `GUARD_*` bits this tier enforces on this kernel.
+    pub available: u32,
+    /// Per guard: how it is enforced, or why it is unavailable.
+    pub support: Vec<GuardSupport>,
+    /// Programs attached.
+    pub programs: Vec<&'static str>,
 }
 
 impl Datapath {
@@ -162,12 +218,23 @@ impl Datapath {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        let offsets = guards::offsets::resolve_host();
+        loader.override_global(GUARD_OFFSETS_GLOBAL, &offsets.offsets, true);
         let ebpf = loader.load(OBJECT).map_err(BpfError::Object)?;
         Ok(Self {
             ebpf,
             pin_dir,
             links: Vec::new(),
+            guard_links: Vec::new(),
+            raw_guard_links: Vec::new(),
+            guards_attached: BTreeSet::new(),
+            offsets,
         })
+    }
+
+    /// Kernel struct offsets as resolved at load, with what was missing.
+    pub fn guard_offsets(&self) -> &ResolvedOffsets {
+        &self.offsets
     }
 
     pub fn pin_dir(&self) -> Option<&Path> {
@@ -224,26 +291,333 @@ impl Datapath {
         Ok(())
     }
 
-    /// Load and attach LSM programs (all of `LSM_PROGRAMS` when `only` is empty).
+    /// Load and attach LSM guard programs (all of the LSM tier's when `only` is empty),
+    /// and the exec tracepoint that arms cgroups (no guard applies to an unarmed cgroup).
     pub fn attach_lsm(&mut self, only: &[&str]) -> Result<(), BpfError> {
         let btf = Btf::from_sys_fs().map_err(BpfError::Btf)?;
-        for (name, hook) in LSM_PROGRAMS {
-            if !only.is_empty() && !only.contains(name) {
+        self.attach_guard_program(&EXEC_PROGRAM, None, &btf)?;
+        for p in guards::LSM_PROGRAMS {
+            if !only.is_empty() && !only.contains(&p.name) {
                 continue;
             }
-            let prog: &mut Lsm = self.program(name)?;
-            prog.load(hook, &btf)
-                .map_err(|source| load_err(name, source))?;
-            let id = prog
-                .attach()
-                .map_err(|source| attach_err(name, hook, source))?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| attach_err(name, hook, source))?;
-            let link = fd_link(name, link)?;
-            self.keep(name, link)?;
+            self.attach_guard_program(p, None, &btf)?;
         }
         Ok(())
+    }
+
+    /// Keep a guard program's link (pinned, or held until `detach_guards`).
+    fn keep_guard(&mut self, program: &'static str, link: FdLink) -> Result<(), BpfError> {
+        match &self.pin_dir {
+            Some(_) => self.keep(program, link)?,
+            None => self.guard_links.push(link),
+        }
+        self.guards_attached.insert(program);
+        Ok(())
+    }
+
+    /// Keep a bpf_link created without aya (pinned, or held until `detach_guards`).
+    fn keep_raw_guard(&mut self, program: &'static str, fd: OwnedFd) -> Result<(), BpfError> {
+        match &self.pin_dir {
+            Some(dir) => {
+                let path = dir.join("links").join(program);
+                if path.exists() {
+                    let _ = fs::remove_file(&path);
+                }
+                raw_link::pin(fd.as_fd(), &path).map_err(|source| BpfError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            None => self.raw_guard_links.push(fd),
+        }
+        self.guards_attached.insert(program);
+        Ok(())
+    }
+
+    /// Load and attach one guard program; `cgroup` for cgroup programs. Idempotent.
+    fn attach_guard_program(
+        &mut self,
+        p: &GuardProgram,
+        cgroup: Option<&Path>,
+        btf: &Btf,
+    ) -> Result<(), BpfError> {
+        if self.guards_attached.contains(p.name) {
+            return Ok(());
+        }
+        let name = p.name;
+        let link = match p.kind {
+            ProgKind::Lsm(hook) => {
+                let prog: &mut Lsm = self.program(name)?;
+                if prog.fd().is_err() {
+                    prog.load(hook, btf).map_err(|e| load_err(name, e))?;
+                }
+                let id = prog.attach().map_err(|e| attach_err(name, hook, e))?;
+                let link = prog.take_link(id).map_err(|e| attach_err(name, hook, e))?;
+                fd_link(name, link)?
+            }
+            ProgKind::Tracepoint(tp) => {
+                let prog: &mut BtfTracePoint = self.program(name)?;
+                if prog.fd().is_err() {
+                    prog.load(tp, btf).map_err(|e| load_err(name, e))?;
+                }
+                let id = prog.attach().map_err(|e| attach_err(name, tp, e))?;
+                let link = prog.take_link(id).map_err(|e| attach_err(name, tp, e))?;
+                fd_link(name, link)?
+            }
+            ProgKind::CgroupSockCreate => {
+                let path = cgroup.expect("cgroup programs need a cgroup");
+                let cg = fs::File::open(path).map_err(io_err(path))?;
+                let target = path.display().to_string();
+                let prog: &mut CgroupSock = self.program(name)?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|e| load_err(name, e))?;
+                }
+                let id = prog
+                    .attach(cg.as_fd(), CgroupAttachMode::Single)
+                    .map_err(|e| attach_err(name, &target, e))?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| attach_err(name, &target, e))?;
+                fd_link(name, link)?
+            }
+            ProgKind::CgroupDevice | ProgKind::CgroupSysctl => {
+                // aya 0.14 cannot turn these links into `FdLink`s (to pin them): create the
+                // bpf_link directly.
+                let path = cgroup.expect("cgroup programs need a cgroup");
+                let cg = fs::File::open(path).map_err(io_err(path))?;
+                let target = path.display().to_string();
+                let attach_type = if p.kind == ProgKind::CgroupDevice {
+                    let prog: &mut CgroupDevice = self.program(name)?;
+                    if prog.fd().is_err() {
+                        prog.load().map_err(|e| load_err(name, e))?;
+                    }
+                    BPF_CGROUP_DEVICE
+                } else {
+                    let prog: &mut CgroupSysctl = self.program(name)?;
+                    if prog.fd().is_err() {
+                        prog.load().map_err(|e| load_err(name, e))?;
+                    }
+                    BPF_CGROUP_SYSCTL
+                };
+                let prog = self
+                    .ebpf
+                    .program(name)
+                    .ok_or_else(|| BpfError::MissingProgram {
+                        program: name.into(),
+                    })?;
+                let prog_fd = prog.fd().map_err(|e| load_err(name, e))?;
+                let fd = raw_link::cgroup_link_create(prog_fd.as_fd(), cg.as_fd(), attach_type)
+                    .map_err(|source| BpfError::Attach {
+                        program: name.into(),
+                        target: target.clone(),
+                        source: Box::new(ProgramError::SyscallError(aya::sys::SyscallError {
+                            call: "bpf_link_create",
+                            io_error: source,
+                        })),
+                    })?;
+                return self.keep_raw_guard(name, fd);
+            }
+        };
+        self.keep_guard(name, link)
+    }
+
+    /// Decide the guard tier by trying: load the pass-through LSM program
+    /// `guard_lsm_probe` and attach it (then detach it). `Lsm` if both work, `Fallback`
+    /// otherwise, with what the kernel answered.
+    pub fn probe_guard_tier(&mut self) -> TierProbe {
+        let p = LSM_PROBE_PROGRAM;
+        let ProgKind::Lsm(hook) = p.kind else {
+            unreachable!("the probe is an LSM program")
+        };
+        let section = format!("lsm/{hook}");
+        let fallback = |reason: String| TierProbe {
+            tier: Tier::Fallback,
+            reason,
+        };
+        let btf = match Btf::from_sys_fs() {
+            Ok(b) => b,
+            Err(e) => return fallback(format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}")),
+        };
+        let prog: &mut Lsm = match self.program(p.name) {
+            Ok(p) => p,
+            Err(e) => return fallback(e.to_string()),
+        };
+        if prog.fd().is_err()
+            && let Err(e) = prog.load(hook, &btf)
+        {
+            return fallback(describe_lsm_load_error(&section, &e));
+        }
+        let result = match prog.attach() {
+            Ok(id) => {
+                let _ = prog.detach(id);
+                TierProbe {
+                    tier: Tier::Lsm,
+                    reason: format!(
+                        "{section} loaded and attached ({})",
+                        active_lsms().map_or_else(|e| e, |l| format!("active LSMs: {l}"))
+                    ),
+                }
+            }
+            Err(e) => fallback(format!("attaching {section} failed: {}", error_chain(&e))),
+        };
+        let _ = prog.unload();
+        result
+    }
+
+    /// Attach the guard programs of `tier`: the exec tracepoint (arming), the cgroup
+    /// programs at `cgroup` (the pods' cgroup root, the same as the network programs),
+    /// and the tier's LSM or fallback programs; write `GUARD_CONFIG` and, for the fallback,
+    /// the syscall rules. Programs whose every guard is unavailable on this kernel (kernel
+    /// offsets missing) are not attached; the result says which guards are enforced and
+    /// why the others are not. Idempotent.
+    pub fn attach_guards(&mut self, cgroup: &Path, tier: Tier) -> Result<GuardsAttached, BpfError> {
+        let btf = Btf::from_sys_fs().map_err(BpfError::Btf)?;
+        let support = guards::support(tier, &self.offsets);
+        let available = guards::available(tier, &self.offsets);
+        self.set_guard_config(&GuardConfig {
+            tier: tier.code() as u32,
+            flags: 0,
+        })?;
+        if tier == Tier::Fallback {
+            self.write_syscall_rules(available)?;
+        }
+        self.attach_guard_program(&EXEC_PROGRAM, None, &btf)?;
+        for p in guards::programs(tier) {
+            if p.guards & available == 0 {
+                continue;
+            }
+            self.attach_guard_program(p, Some(cgroup), &btf)?;
+        }
+        Ok(GuardsAttached {
+            tier,
+            available,
+            support,
+            programs: self.guards_attached.iter().copied().collect(),
+        })
+    }
+
+    /// Detach every guard program this process attached (and unpin pinned ones). The
+    /// `ARMED` map keeps its entries.
+    pub fn detach_guards(&mut self) -> Result<(), BpfError> {
+        self.guard_links.clear();
+        self.raw_guard_links.clear();
+        if let Some(dir) = &self.pin_dir {
+            for name in &self.guards_attached {
+                let path = dir.join("links").join(name);
+                if let Ok(link) = PinnedLink::from_pin(&path) {
+                    let _ = link.unpin();
+                }
+            }
+        }
+        self.guards_attached.clear();
+        self.set_guard_config(&GuardConfig::default())
+    }
+
+    fn set_guard_config(&mut self, gc: &GuardConfig) -> Result<(), BpfError> {
+        let map = self.map_mut(map_names::GUARD_CONFIG)?;
+        let mut arr: Array<&mut MapData, GuardConfig> =
+            Array::try_from(map).map_err(map_err(map_names::GUARD_CONFIG))?;
+        arr.set(0, gc, 0).map_err(map_err(map_names::GUARD_CONFIG))
+    }
+
+    /// Fill `SYSCALL_RULES` (and the compat table) for this architecture, keeping only
+    /// the guards in `available`.
+    fn write_syscall_rules(&mut self, available: u32) -> Result<(), BpfError> {
+        for (name, table) in [
+            (map_names::SYSCALL_RULES, guards::syscalls::native()),
+            (map_names::SYSCALL_RULES_COMPAT, guards::syscalls::compat()),
+        ] {
+            let map = self.map_mut(name)?;
+            let mut arr: Array<&mut MapData, SyscallRule> =
+                Array::try_from(map).map_err(map_err(name))?;
+            for i in 0..SYSCALL_RULES_MAX {
+                arr.set(i, SyscallRule::default(), 0)
+                    .map_err(map_err(name))?;
+            }
+            for (nr, mut rule) in table {
+                rule.guards &= available;
+                if rule.guards != 0 {
+                    arr.set(nr, rule, 0).map_err(map_err(name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `ARMED` map (cgroup id -> `ARM_*` bits).
+    pub fn armed(&mut self) -> Result<HashMap<&mut MapData, u64, u32>, BpfError> {
+        let map = self.map_mut(map_names::ARMED)?;
+        HashMap::try_from(map).map_err(map_err(map_names::ARMED))
+    }
+
+    /// Arm a cgroup (by id): guards apply to its tasks from now on. For containers that
+    /// were running before the guard programs were attached (they exec'd long ago).
+    pub fn arm_cgroup(&mut self, cgroup_id: u64) -> Result<(), BpfError> {
+        let mut armed = self.armed()?;
+        let bits = armed.get(&cgroup_id, 0).unwrap_or(0) | ARM_AGENT;
+        armed
+            .insert(cgroup_id, bits, 0)
+            .map_err(map_err(map_names::ARMED))
+    }
+
+    /// Forget a cgroup (deleted). Returns whether it was armed.
+    pub fn disarm_cgroup(&mut self, cgroup_id: u64) -> Result<bool, BpfError> {
+        let mut armed = self.armed()?;
+        match armed.remove(&cgroup_id) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(map_names::ARMED)(e)),
+        }
+    }
+
+    /// Armed cgroups and how they were armed.
+    pub fn armed_cgroups(&mut self) -> Result<Vec<(u64, u32)>, BpfError> {
+        let armed = self.armed()?;
+        armed
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(map_names::ARMED))
+    }
+
+    /// Arm every cgroup below `root` (not `root` itself) that has processes now, except
+    /// those where a container runtime is still setting a container up (a process named
+    /// `runc:[...]` or `crun`): for the agent's start-up, when containers were started
+    /// before the exec tracepoint was attached. Returns the cgroups armed.
+    pub fn arm_running_below(&mut self, root: &Path) -> Result<Vec<PathBuf>, BpfError> {
+        let mut armed = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(_) => continue,
+            };
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(e.path());
+                }
+            }
+            if dir == root {
+                continue;
+            }
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<&str> = procs.split_whitespace().collect();
+            if pids.is_empty() {
+                continue;
+            }
+            let in_setup = pids.iter().any(|pid| {
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                comm.starts_with("runc:") || comm.trim() == "crun"
+            });
+            if in_setup {
+                continue;
+            }
+            let Ok(id) = crate::cgroup::cgroup_id(&dir) else {
+                continue;
+            };
+            self.arm_cgroup(id)?;
+            armed.push(dir);
+        }
+        Ok(armed)
     }
 
     fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T, BpfError>
@@ -354,6 +728,57 @@ where
     })
 }
 
+/// The BPF LSM's state as /sys/kernel/security/lsm shows it.
+fn active_lsms() -> Result<String, String> {
+    fs::read_to_string("/sys/kernel/security/lsm")
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("/sys/kernel/security/lsm unreadable ({e}): securityfs not mounted?"))
+}
+
+/// A readable reason for an LSM program that did not load.
+fn describe_lsm_load_error(section: &str, e: &ProgramError) -> String {
+    if let ProgramError::LoadError { io_error, .. } = e {
+        let errno = io_error.raw_os_error().unwrap_or(0);
+        let name = match errno {
+            libc::EPERM => "EPERM",
+            libc::EINVAL => "EINVAL",
+            524 => "ENOTSUPP",
+            libc::ESRCH => "ESRCH",
+            _ => "",
+        };
+        let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let lsm_param = cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("lsm="))
+            .map(|v| format!("lsm={v}"))
+            .unwrap_or_else(|| "no lsm= parameter, the kernel's built-in list applies".into());
+        let why = match active_lsms() {
+            Ok(l) if l.split(',').any(|x| x == "bpf") => {
+                format!("the BPF LSM is active ({l}) but refused the program")
+            }
+            Ok(l) => format!("BPF LSM not active (lsm= lacks bpf; active: {l})"),
+            Err(e) if errno == libc::EPERM => format!(
+                "BPF LSM not active (EPERM before verification is what kernels without bpf \
+                 among their active LSMs answer; {e}; kernel command line: {lsm_param})"
+            ),
+            Err(e) => format!("BPF LSM state unknown: {e}; kernel command line: {lsm_param}"),
+        };
+        return format!("BPF_PROG_LOAD for {section} returned {name} ({io_error}): {why}");
+    }
+    format!("loading {section} failed: {}", error_chain(e))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn load_err(program: &str, source: ProgramError) -> BpfError {
     BpfError::Load {
         program: program.into(),
@@ -418,4 +843,159 @@ pub fn uninstall(instance_dir: &Path) -> Result<usize, BpfError> {
 /// Make `Key` usable by callers without importing aya.
 pub fn lpm_key<K: aya::Pod>(prefix_len: u32, data: K) -> Key<K> {
     Key::new(prefix_len, data)
+}
+
+/// bpf_link creation and pinning by raw bpf(2) calls, for link types aya 0.14 cannot
+/// convert to `FdLink` (cgroup device and sysctl).
+mod raw_link {
+    use std::{
+        ffi::CString,
+        io,
+        os::{
+            fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+            unix::ffi::OsStrExt,
+        },
+        path::Path,
+    };
+
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+
+    fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<i64> {
+        // SAFETY: `attr` is a zero-initialised 64-byte `union bpf_attr` of the command's
+        // layout, valid for the duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(attr) as libc::c_uint,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    }
+
+    /// `BPF_LINK_CREATE` of `prog` on the cgroup `cgroup` (flags 0: multi-attach).
+    pub fn cgroup_link_create(
+        prog: BorrowedFd<'_>,
+        cgroup: BorrowedFd<'_>,
+        attach_type: u32,
+    ) -> io::Result<OwnedFd> {
+        let mut attr = [0u64; 8];
+        // link_create: __u32 prog_fd, __u32 target_fd, __u32 attach_type, __u32 flags.
+        attr[0] = prog.as_raw_fd() as u32 as u64 | ((cgroup.as_raw_fd() as u32 as u64) << 32);
+        attr[1] = attach_type as u64;
+        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// `BPF_OBJ_PIN` of `fd` at `path` (on a bpffs).
+    pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut attr = [0u64; 8];
+        // obj_pin: __aligned_u64 pathname, __u32 bpf_fd, __u32 file_flags.
+        attr[0] = c.as_ptr() as u64;
+        attr[1] = fd.as_raw_fd() as u32 as u64;
+        bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+    }
+}
+
+/// `enum bpf_attach_type` values used above.
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_CGROUP_SYSCTL: u32 = 18;
+
+#[cfg(test)]
+mod abi {
+    //! The compiled object's maps against the ABI types of enforcer-common: a layout
+    //! mismatch fails here instead of corrupting maps at run time.
+    use enforcer_common::*;
+
+    use super::*;
+
+    #[test]
+    fn map_layouts_match_enforcer_common() {
+        if OBJECT.is_empty() {
+            eprintln!("SKIP: built with ENFORCER_SKIP_EBPF, no object to check");
+            return;
+        }
+        let layouts = Datapath::object_map_layouts().expect("parse object");
+        let u32s = size_of::<u32>() as u32;
+        // (map, key size, value size); LPM trie keys are a u32 prefix length and the data.
+        let expected: &[(&str, u32, u32)] = &[
+            (map_names::CONFIG, u32s, size_of::<Config>() as u32),
+            (map_names::ENDPOINTS, 8, size_of::<Endpoint>() as u32),
+            (
+                map_names::IPCACHE,
+                u32s + size_of::<IpKey>() as u32,
+                size_of::<IpInfo>() as u32,
+            ),
+            (
+                map_names::POLICY,
+                u32s + size_of::<PolicyKey>() as u32,
+                size_of::<PolicyValue>() as u32,
+            ),
+            (
+                map_names::CONNTRACK,
+                size_of::<CtKey>() as u32,
+                size_of::<CtValue>() as u32,
+            ),
+            (map_names::EVENTS, 0, 0),
+            (map_names::COUNTERS, u32s, 8),
+            (map_names::ARMED, 8, u32s),
+            (
+                map_names::GUARD_CONFIG,
+                u32s,
+                size_of::<GuardConfig>() as u32,
+            ),
+            (
+                map_names::SYSCALL_RULES,
+                u32s,
+                size_of::<SyscallRule>() as u32,
+            ),
+            (
+                map_names::SYSCALL_RULES_COMPAT,
+                u32s,
+                size_of::<SyscallRule>() as u32,
+            ),
+            // The read-only globals: GUARD_OFFSETS is the whole of .rodata.
+            (".rodata", u32s, size_of::<KernelOffsets>() as u32),
+        ];
+        // Maps private to the kernel side (not part of the ABI).
+        let internal = ["SCRATCH"];
+        for (name, key, value) in expected {
+            let found = layouts
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .unwrap_or_else(|| panic!("map {name} is not in the object"));
+            assert_eq!(
+                (found.1, found.2),
+                (*key, *value),
+                "map {name}: (key, value) sizes in the object vs enforcer-common"
+            );
+        }
+        for (name, _, _) in &layouts {
+            let known = expected.iter().any(|(n, _, _)| n == name)
+                || internal.contains(&name.as_str())
+                || name.starts_with(".rodata.");
+            assert!(
+                known,
+                "map {name} of the object is not checked by this test"
+            );
+        }
+        for name in map_names::PINNED {
+            assert!(
+                layouts.iter().any(|(n, _, _)| n == name),
+                "pinned map {name} is not in the object"
+            );
+        }
+        // Events are written into the ring buffer as these records.
+        assert_eq!(size_of::<GuardEvent>(), 120);
+        assert_eq!(size_of::<NetEvent>(), 64);
+    }
 }

@@ -8,6 +8,35 @@
 //! enforcer-probe socket packet|raw4|raw6|tcp      create a socket
 //! ```
 //!
+//! Runtime guard operations (module `guard_cmds`; each prints its outcome word):
+//!
+//! ```text
+//! as-user UID[:SUID] CMD...   drop to UID (keeping saved uid SUID) in-process, then run CMD
+//! whoami                      print "uid=U euid=E suid=S capprm=HEX"
+//! setuid UID                  setuid(UID), then whoami
+//! exec PATH ARGS...           execv (prints the outcome only if it fails)
+//! mount-tmpfs DIR             mount a tmpfs on DIR and unmount it again
+//! unshare mnt|uts|net|user    unshare(2) one namespace
+//! sethostname-same            set the current hostname again (CAP_SYS_ADMIN, no change)
+//! open-by-handle PATH         name_to_handle_at + open_by_handle_at (CAP_DAC_READ_SEARCH)
+//! rcvbuf-force                setsockopt(SO_RCVBUFFORCE) on a UDP socket (CAP_NET_ADMIN)
+//! init-module                 init_module() with a bogus 64-byte image
+//! request-module FAMILY       socket(FAMILY, SOCK_DGRAM, 0): makes the kernel autoload a module
+//! ptrace-child                fork a child and PTRACE_ATTACH to it
+//! ptrace PID                  PTRACE_ATTACH to PID (and detach)
+//! ptrace-traceme              fork a child that calls PTRACE_TRACEME
+//! ptrace-in-pidns             in a new PID namespace, ptrace-child (needs CAP_SYS_ADMIN)
+//! bpf-map                     bpf(BPF_MAP_CREATE) of a tiny array
+//! perf-open                   perf_event_open of a software counter on itself
+//! open PATH [r|w]             open(2)
+//! write-file PATH VALUE       open O_WRONLY and write VALUE (sysctls)
+//! sleep MS                    print "ready PID", sleep (a target for ptrace)
+//! bench-syscalls N            N getppid(), getpid(), failing open(); print ns per call
+//! bench-spawn N PATH ARGS...  N fork+exec+wait of PATH; print us per spawn
+//! ```
+//!
+//! Outcome words: ok 0, eperm 2 (EPERM), eacces 5, other errors `errno:N` 4.
+//!
 //! Outcomes (word printed, and exit code for single probes): ok 0, timeout 1, eperm 2,
 //! refused 3, error 4.
 
@@ -140,6 +169,21 @@ fn socket(kind: &str) -> &'static str {
     "ok"
 }
 
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
 fn usage() -> ! {
     eprintln!("usage: enforcer-probe serve|connect|matrix|socket ... (see source)");
     exit(64)
@@ -153,6 +197,9 @@ fn fail(msg: &str) -> ! {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else { usage() };
+    if let Some(code) = guard_cmds::dispatch(&args) {
+        exit(code)
+    }
     match cmd.as_str() {
         "serve" => serve(&args[1..]),
         "connect" => {
@@ -202,11 +249,501 @@ fn main() {
                 println!("{p},{a},{port} {r}");
             }
         }
+        "http" => {
+            // http ADDR:PORT PATH: a minimal HTTP/1.0 GET; prints the status, then the body.
+            if args.len() < 3 {
+                usage();
+            }
+            let addr: SocketAddr = args[1].parse().unwrap_or_else(|_| usage());
+            match http_get(addr, &args[2]) {
+                Ok((status, body)) => {
+                    println!("{status}\n{body}");
+                }
+                Err(e) => {
+                    println!("0\n{e}");
+                    exit(1)
+                }
+            }
+        }
         "socket" => {
             let o = socket(args.get(1).map(String::as_str).unwrap_or_else(|| usage()));
             println!("{o}");
             exit(code(o))
         }
         _ => usage(),
+    }
+}
+
+/// Runtime guard operations: each one real syscall (or a short sequence) whose outcome
+/// the guard tests judge.
+mod guard_cmds {
+    use std::{ffi::CString, io::Write, process::exit, time::Instant};
+
+    fn word(errno: i32) -> String {
+        match errno {
+            0 => "ok".into(),
+            libc::EPERM => "eperm".into(),
+            libc::EACCES => "eacces".into(),
+            n => format!("errno:{n}"),
+        }
+    }
+
+    fn code(w: &str) -> i32 {
+        match w {
+            "ok" => 0,
+            "eperm" => 2,
+            "eacces" => 5,
+            _ => 4,
+        }
+    }
+
+    fn last_errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    /// `r` is a syscall's return: negative means failure with errno.
+    fn outcome(r: i64) -> String {
+        if r < 0 {
+            word(last_errno())
+        } else {
+            "ok".into()
+        }
+    }
+
+    fn cstr(s: &str) -> CString {
+        CString::new(s).expect("no NUL in argument")
+    }
+
+    fn print_word(w: &str) -> i32 {
+        println!("{w}");
+        let _ = std::io::stdout().flush();
+        code(w)
+    }
+
+    fn whoami() -> String {
+        let (mut r, mut e, mut s) = (0, 0, 0);
+        // SAFETY: plain syscall with valid pointers.
+        unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let capprm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapPrm:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        format!("uid={r} euid={e} suid={s} capprm={capprm}")
+    }
+
+    fn as_user(spec: &str) -> Result<(), String> {
+        let (uid, suid) = match spec.split_once(':') {
+            Some((u, s)) => (u.parse::<u32>(), s.parse::<u32>()),
+            None => (spec.parse::<u32>(), spec.parse::<u32>()),
+        };
+        let (Ok(uid), Ok(suid)) = (uid, suid) else {
+            return Err(format!("bad uid spec {spec}"));
+        };
+        // SAFETY: plain syscalls.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(uid, uid, uid) != 0
+                || libc::setresuid(uid, uid, suid) != 0
+            {
+                return Err(format!(
+                    "dropping to {spec}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn ptrace_attach(pid: libc::pid_t) -> String {
+        // SAFETY: plain syscalls on a pid.
+        unsafe {
+            if libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) != 0 {
+                return word(last_errno());
+            }
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, libc::__WALL);
+            libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+        }
+        "ok".into()
+    }
+
+    /// Fork a child running `f`, and return once it is set up. The child dies with its
+    /// parent (a killed probe must not leave a stopped tracee behind) and does not hold
+    /// the probe's stdout/stderr (the test reads them to EOF).
+    fn fork_child(f: impl FnOnce() -> i32) -> libc::pid_t {
+        let null = cstr("/dev/null");
+        let mut pipe = [0i32; 2];
+        // SAFETY: the child only makes async-signal-safe syscalls, runs `f` (the same) and
+        // _exits; the parent waits for one byte (or EOF) from it.
+        unsafe {
+            libc::pipe(pipe.as_mut_ptr());
+            let pid = libc::fork();
+            if pid == 0 {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let fd = libc::open(null.as_ptr(), libc::O_RDWR);
+                libc::dup2(fd, 1);
+                libc::dup2(fd, 2);
+                libc::close(pipe[0]);
+                libc::write(pipe[1], b"r".as_ptr().cast(), 1);
+                libc::close(pipe[1]);
+                let c = f();
+                libc::_exit(c);
+            }
+            libc::close(pipe[1]);
+            let mut b = 0u8;
+            libc::read(pipe[0], (&mut b as *mut u8).cast(), 1);
+            libc::close(pipe[0]);
+            pid
+        }
+    }
+
+    fn bench_syscalls(n: u64) -> String {
+        let t = Instant::now();
+        for _ in 0..n {
+            // SAFETY: no arguments.
+            unsafe { libc::getppid() };
+        }
+        let getppid = t.elapsed().as_nanos() as f64 / n as f64;
+        let t = Instant::now();
+        for _ in 0..n {
+            // SAFETY: no arguments (the raw syscall: glibc does not cache getpid any more,
+            // but be explicit).
+            unsafe { libc::syscall(libc::SYS_getpid) };
+        }
+        let getpid = t.elapsed().as_nanos() as f64 / n as f64;
+        let path = cstr("/nonexistent/enforcer-bench");
+        let t = Instant::now();
+        for _ in 0..n {
+            // SAFETY: valid C string; the call fails with ENOENT.
+            unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        }
+        let open = t.elapsed().as_nanos() as f64 / n as f64;
+        format!("getppid_ns={getppid:.1} getpid_ns={getpid:.1} open_fail_ns={open:.1}")
+    }
+
+    fn bench_spawn(n: u64, argv: &[String]) -> String {
+        let t = Instant::now();
+        for _ in 0..n {
+            let st = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdout(std::process::Stdio::null())
+                .status();
+            if !matches!(st, Ok(s) if s.success()) {
+                return format!("spawn failed: {st:?}");
+            }
+        }
+        let us = t.elapsed().as_micros() as f64 / n as f64;
+        format!("spawn_us={us:.1}")
+    }
+
+    /// Run one guard command; `None` if `args[0]` is not one of them.
+    pub fn dispatch(args: &[String]) -> Option<i32> {
+        let arg = |i: usize| -> &str {
+            args.get(i).map(String::as_str).unwrap_or_else(|| {
+                eprintln!("enforcer-probe {}: missing argument {i}", args[0]);
+                exit(64)
+            })
+        };
+        let w: String = match args[0].as_str() {
+            "as-user" => {
+                if let Err(e) = as_user(arg(1)) {
+                    eprintln!("enforcer-probe: {e}");
+                    return Some(70);
+                }
+                return Some(dispatch(&args[2..]).unwrap_or_else(|| {
+                    eprintln!("enforcer-probe as-user: unknown command {:?}", args.get(2));
+                    64
+                }));
+            }
+            "whoami" => {
+                println!("{}", whoami());
+                return Some(0);
+            }
+            "setuid" => {
+                let uid: u32 = arg(1).parse().unwrap_or(0);
+                // SAFETY: plain syscall.
+                let w = outcome(unsafe { libc::setuid(uid) } as i64);
+                println!("{w} {}", whoami());
+                return Some(code(&w));
+            }
+            "exec" => {
+                let argv: Vec<CString> = args[1..].iter().map(|a| cstr(a)).collect();
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                // SAFETY: NUL-terminated argv of valid C strings; returns only on failure.
+                unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+                word(last_errno())
+            }
+            "mount-tmpfs" => {
+                let dir = cstr(arg(1));
+                let (src, fs, data) = (cstr("enforcer-test"), cstr("tmpfs"), cstr("size=64k"));
+                // SAFETY: valid C strings.
+                let r = unsafe {
+                    libc::mount(
+                        src.as_ptr(),
+                        dir.as_ptr(),
+                        fs.as_ptr(),
+                        0,
+                        data.as_ptr().cast(),
+                    )
+                };
+                let w = outcome(r as i64);
+                if r == 0 {
+                    // SAFETY: as above.
+                    unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+                }
+                w
+            }
+            "unshare" => {
+                let flag = match arg(1) {
+                    "mnt" => libc::CLONE_NEWNS,
+                    "uts" => libc::CLONE_NEWUTS,
+                    "net" => libc::CLONE_NEWNET,
+                    "user" => libc::CLONE_NEWUSER,
+                    "ipc" => libc::CLONE_NEWIPC,
+                    other => {
+                        eprintln!("unknown namespace {other}");
+                        exit(64)
+                    }
+                };
+                // SAFETY: plain syscall.
+                outcome(unsafe { libc::unshare(flag) } as i64)
+            }
+            "sethostname-same" => {
+                let mut buf = [0u8; 256];
+                // SAFETY: valid buffer.
+                unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+                let len = buf.iter().position(|c| *c == 0).unwrap_or(0);
+                // SAFETY: as above.
+                outcome(unsafe { libc::sethostname(buf.as_ptr().cast(), len) } as i64)
+            }
+            "open-by-handle" => {
+                let path = cstr(arg(1));
+                // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
+                let mut fh = [0u8; 8 + 128];
+                fh[0..4].copy_from_slice(&128u32.to_ne_bytes());
+                let mut mount_id = 0;
+                // SAFETY: valid pointers; the handle buffer holds 128 bytes.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_name_to_handle_at,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        fh.as_mut_ptr(),
+                        &mut mount_id as *mut i32,
+                        0,
+                    )
+                };
+                if r != 0 {
+                    eprintln!("name_to_handle_at: {}", std::io::Error::last_os_error());
+                    return Some(print_word(&word(last_errno())));
+                }
+                // Any fd on the file's mount names the mount: its directory.
+                let dir = std::path::Path::new(arg(1))
+                    .parent()
+                    .and_then(|d| d.to_str())
+                    .unwrap_or("/");
+                let dir = cstr(if dir.is_empty() { "." } else { dir });
+                // SAFETY: valid C string.
+                let mfd = unsafe { libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+                // SAFETY: as above.
+                let fd = unsafe {
+                    libc::syscall(
+                        libc::SYS_open_by_handle_at,
+                        mfd,
+                        fh.as_ptr(),
+                        libc::O_RDONLY,
+                    )
+                };
+                outcome(fd)
+            }
+            "rcvbuf-force" => {
+                // SAFETY: plain syscalls on a fresh socket.
+                unsafe {
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                    let v: libc::c_int = 1 << 16;
+                    let r = libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        (&v as *const libc::c_int).cast(),
+                        4,
+                    );
+                    let w = outcome(r as i64);
+                    libc::close(fd);
+                    w
+                }
+            }
+            "init-module" => {
+                let image = [0u8; 64];
+                let params = cstr("");
+                // SAFETY: valid buffer and C string; the image is not an ELF module.
+                outcome(unsafe {
+                    libc::syscall(
+                        libc::SYS_init_module,
+                        image.as_ptr(),
+                        image.len(),
+                        params.as_ptr(),
+                    )
+                })
+            }
+            "request-module" => {
+                let fam: i32 = arg(1).parse().unwrap_or(0);
+                // SAFETY: plain syscall.
+                let fd = unsafe { libc::socket(fam, libc::SOCK_DGRAM, 0) };
+                let w = outcome(fd as i64);
+                if fd >= 0 {
+                    // SAFETY: fd was just returned.
+                    unsafe { libc::close(fd) };
+                }
+                w
+            }
+            "ptrace-child" => {
+                let child = fork_child(|| {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::sleep(5) };
+                    0
+                });
+                let w = ptrace_attach(child);
+                // SAFETY: our own child.
+                unsafe {
+                    libc::kill(child, libc::SIGKILL);
+                    libc::waitpid(child, std::ptr::null_mut(), 0);
+                }
+                w
+            }
+            "ptrace" => ptrace_attach(arg(1).parse().unwrap_or(0)),
+            "ptrace-in-pidns" => {
+                // SAFETY: plain syscall.
+                if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+                    word(last_errno())
+                } else {
+                    // The child is PID 1 of the new namespace; it attaches to its own child.
+                    let child = fork_child(|| {
+                        let grandchild = fork_child(|| {
+                            // SAFETY: plain syscall.
+                            unsafe { libc::sleep(5) };
+                            0
+                        });
+                        let w = ptrace_attach(grandchild);
+                        // SAFETY: our own child.
+                        unsafe { libc::kill(grandchild, libc::SIGKILL) };
+                        code(&w)
+                    });
+                    let mut st = 0;
+                    // SAFETY: our own child.
+                    unsafe { libc::waitpid(child, &mut st, 0) };
+                    if libc::WIFSIGNALED(st) {
+                        format!("signal:{}", libc::WTERMSIG(st))
+                    } else {
+                        match libc::WEXITSTATUS(st) {
+                            0 => "ok".into(),
+                            2 => "eperm".into(),
+                            n => format!("exit:{n}"),
+                        }
+                    }
+                }
+            }
+            "ptrace-traceme" => {
+                let child = fork_child(|| {
+                    // SAFETY: plain syscall.
+                    let r = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+                    if r == 0 {
+                        0
+                    } else if last_errno() == libc::EPERM {
+                        2
+                    } else {
+                        4
+                    }
+                });
+                let mut st = 0;
+                // SAFETY: our own child.
+                unsafe { libc::waitpid(child, &mut st, 0) };
+                if libc::WIFSIGNALED(st) {
+                    format!("signal:{}", libc::WTERMSIG(st))
+                } else {
+                    match libc::WEXITSTATUS(st) {
+                        0 => "ok".into(),
+                        2 => "eperm".into(),
+                        n => format!("exit:{n}"),
+                    }
+                }
+            }
+            "bpf-map" => {
+                // union bpf_attr map_create: map_type, key_size, value_size, max_entries.
+                let mut attr = [0u32; 32];
+                attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+                attr[1] = 4;
+                attr[2] = 4;
+                attr[3] = 1;
+                // SAFETY: a zeroed 128-byte bpf_attr.
+                let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), 128) };
+                if fd >= 0 {
+                    // SAFETY: fd was just returned.
+                    unsafe { libc::close(fd as i32) };
+                }
+                outcome(fd)
+            }
+            "perf-open" => {
+                // struct perf_event_attr: type, size, config, ... flags at offset 40.
+                let mut attr = [0u8; 128];
+                attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // PERF_TYPE_SOFTWARE
+                attr[4..8].copy_from_slice(&128u32.to_ne_bytes());
+                attr[8..16].copy_from_slice(&0u64.to_ne_bytes()); // PERF_COUNT_SW_CPU_CLOCK
+                // disabled | exclude_kernel | exclude_hv
+                attr[40..48].copy_from_slice(&(1u64 | 1 << 5 | 1 << 6).to_ne_bytes());
+                // SAFETY: a valid perf_event_attr for this process, any CPU.
+                let fd = unsafe {
+                    libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0)
+                };
+                if fd >= 0 {
+                    // SAFETY: fd was just returned.
+                    unsafe { libc::close(fd as i32) };
+                }
+                outcome(fd)
+            }
+            "open" => {
+                let path = cstr(arg(1));
+                let flags = if args.get(2).map(String::as_str) == Some("w") {
+                    libc::O_WRONLY
+                } else {
+                    libc::O_RDONLY
+                };
+                // SAFETY: valid C string.
+                let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+                if fd >= 0 {
+                    // SAFETY: fd was just returned.
+                    unsafe { libc::close(fd) };
+                }
+                outcome(fd as i64)
+            }
+            "write-file" => match std::fs::OpenOptions::new().write(true).open(arg(1)) {
+                Ok(mut f) => match f.write_all(arg(2).as_bytes()) {
+                    Ok(()) => "ok".into(),
+                    Err(e) => word(e.raw_os_error().unwrap_or(0)),
+                },
+                Err(e) => word(e.raw_os_error().unwrap_or(0)),
+            },
+            "sleep" => {
+                println!("ready {}", std::process::id());
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(std::time::Duration::from_millis(
+                    arg(1).parse().unwrap_or(10_000),
+                ));
+                return Some(0);
+            }
+            "bench-syscalls" => {
+                println!("{}", bench_syscalls(arg(1).parse().unwrap_or(100_000)));
+                return Some(0);
+            }
+            "bench-spawn" => {
+                println!("{}", bench_spawn(arg(1).parse().unwrap_or(100), &args[2..]));
+                return Some(0);
+            }
+            _ => return None,
+        };
+        Some(print_word(&w))
     }
 }
