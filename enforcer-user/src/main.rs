@@ -1,31 +1,130 @@
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+//! The `enforcer` command.
 
-/// enforcer: Kubernetes NetworkPolicy and runtime guards enforced in the kernel with eBPF.
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use enforcer::agent::{self, Unclassified};
+
+/// enforcer: Kubernetes NetworkPolicy and runtime guards, enforced in the kernel with eBPF.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum UnclassifiedArg {
+    /// Traffic of pod cgroups not yet classified is dropped until their policy is programmed.
+    Deny,
+    /// Such traffic passes (a window of no enforcement while pods start).
+    Allow,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Enforce a directory of Kubernetes manifests (standalone mode).
+    Run {
+        /// Directory of *.yaml, *.yml, *.json manifests (Namespace, Pod, NetworkPolicy,
+        /// RuntimePolicy); changes are enforced within a second.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// This node's name: pods with spec.nodeName equal to it are enforced here.
+        #[arg(long)]
+        node: String,
+        /// cgroup2 directory below which the kubelet's pod cgroups are found and the
+        /// programs attach (default: the cgroup2 mount).
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        /// Serve /readyz, /healthz and /metrics here.
+        #[arg(long)]
+        health_addr: Option<SocketAddr>,
+        /// This instance's bpffs directory (pinned maps and programs).
+        #[arg(long, default_value = "/sys/fs/bpf/enforcer")]
+        bpffs: PathBuf,
+        /// Pod cgroups the agent has not classified yet.
+        #[arg(long, value_enum, default_value = "deny")]
+        unclassified: UnclassifiedArg,
+        /// Additional addresses of this node (its interfaces' addresses are always used).
+        #[arg(long = "node-ip")]
+        node_ips: Vec<IpAddr>,
+        /// Report NetworkPolicy denials without dropping traffic.
+        #[arg(long)]
+        network_audit: bool,
+        /// Also report allowed new flows (logged at info level, rate limited with denials).
+        #[arg(long)]
+        allow_events: bool,
+        /// Denial log lines per second before rate limiting.
+        #[arg(long, default_value_t = 20.0)]
+        log_rate: f64,
+        /// The cluster's Service CIDR (repeatable): connect() to these addresses is judged
+        /// after kube-proxy's NAT, on the packet path.
+        #[arg(long = "service-cidr")]
+        service_cidrs: Vec<ipnet::IpNet>,
+    },
     /// Detach everything an instance attached and remove its pins.
     Uninstall {
         /// The instance's bpffs directory.
         #[arg(long, default_value = "/sys/fs/bpf/enforcer")]
-        bpffs: std::path::PathBuf,
+        bpffs: PathBuf,
     },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    init_logging();
     match cli.command {
+        Command::Run {
+            manifests,
+            node,
+            cgroup_root,
+            health_addr,
+            bpffs,
+            unclassified,
+            node_ips,
+            network_audit,
+            allow_events,
+            log_rate,
+            service_cidrs,
+        } => {
+            let opts = agent::Options {
+                manifests,
+                node,
+                cgroup_root,
+                health_addr,
+                bpffs,
+                unclassified: match unclassified {
+                    UnclassifiedArg::Deny => Unclassified::Deny,
+                    UnclassifiedArg::Allow => Unclassified::Allow,
+                },
+                node_ips,
+                network_audit,
+                allow_events,
+                log_rate,
+                service_cidrs,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(opts))
+        }
         Command::Uninstall { bpffs } => {
             let n = enforcer::bpf::uninstall(&bpffs)?;
             println!("removed {n} pinned objects from {}", bpffs.display());
+            Ok(())
         }
     }
-    Ok(())
 }

@@ -3,6 +3,8 @@
 //! ```text
 //! setup [--check]                 install build/test prerequisites (idempotent; root)
 //! test [--tier T]... [FILTER]     run test tiers: lint, unit, kernel, vm (default: all)
+//! demo [DIR]                      standalone enforcement on a simulated node (root)
+//! bench                           network datapath benchmarks, ratios vs a baseline (root)
 //! ```
 
 mod setup;
@@ -14,7 +16,7 @@ use anyhow::{Result, bail};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]"
+        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]\n       cargo xtask demo [DIR]"
     );
     std::process::exit(2)
 }
@@ -25,8 +27,91 @@ fn main() -> Result<()> {
     match cmd.as_str() {
         "setup" => setup::setup(args.iter().any(|a| a == "--check")),
         "test" => test(&args[1..]),
+        "demo" => demo(&args[1..]),
+        "bench" => bench(),
         _ => usage(),
     }
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    if std::env::var_os("ENFORCER_NO_SETUP").is_none() {
+        setup::setup(false)?;
+    }
+    if !util::is_root() {
+        bail!(
+            "the demo loads BPF programs and creates network namespaces and cgroups: run it as root"
+        );
+    }
+    let root = util::root();
+    tiers::build_agent()?;
+    util::run(
+        std::process::Command::new("cargo")
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "enforcer-tests",
+                "--bin",
+                "enforcer-demo",
+                "--bin",
+                "enforcer-probe",
+            ])
+            .current_dir(&root),
+    )?;
+    let dir = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "deploy/examples/demo".into());
+    util::run(
+        std::process::Command::new(root.join("target/debug/enforcer-demo"))
+            .arg(dir)
+            .env("ENFORCER_BIN", tiers::agent_path())
+            .env("ENFORCER_PROBE", root.join("target/debug/enforcer-probe"))
+            .current_dir(&root),
+    )
+}
+
+fn bench() -> Result<()> {
+    if std::env::var_os("ENFORCER_NO_SETUP").is_none() {
+        setup::setup(false)?;
+    }
+    if !util::is_root() {
+        bail!("the benchmark loads BPF programs and creates network namespaces: run it as root");
+    }
+    let root = util::root();
+    // The agent in release mode: compile times are part of what is measured.
+    util::run(
+        std::process::Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "enforcer-user",
+                "--bin",
+                "enforcer",
+            ])
+            .current_dir(&root),
+    )?;
+    util::run(
+        std::process::Command::new("cargo")
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "enforcer-tests",
+                "--bin",
+                "enforcer-bench",
+                "--bin",
+                "enforcer-probe",
+            ])
+            .current_dir(&root),
+    )?;
+    util::run(
+        std::process::Command::new(root.join("target/debug/enforcer-bench"))
+            .env("ENFORCER_BIN", root.join("target/release/enforcer"))
+            .env("ENFORCER_PROBE", root.join("target/debug/enforcer-probe"))
+            .current_dir(&root),
+    )
 }
 
 fn test(args: &[String]) -> Result<()> {

@@ -31,6 +31,7 @@ const PACKAGES: &[(&str, Option<&str>)] = &[
     ("iproute2", None),
     ("kmod", None),
     ("procps", None),
+    ("bpftool", None),
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

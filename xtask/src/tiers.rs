@@ -225,6 +225,19 @@ fn probe_path() -> PathBuf {
     root().join("target/debug/enforcer-probe")
 }
 
+pub fn agent_path() -> PathBuf {
+    root().join("target/debug/enforcer")
+}
+
+/// Build the `enforcer` binary (integration tests of another package do not build it).
+pub fn build_agent() -> Result<()> {
+    crate::util::run(
+        Command::new("cargo")
+            .args(["build", "-p", "enforcer-user", "--bin", "enforcer"])
+            .current_dir(root()),
+    )
+}
+
 pub fn kernel(filter: Option<&str>) -> Result<Tally> {
     let mut t = Tally::new("kernel");
     let start = Instant::now();
@@ -234,6 +247,8 @@ pub fn kernel(filter: Option<&str>) -> Result<Tally> {
     }
     let skip_log = root().join("target/kernel-skips.log");
     let _ = fs::remove_file(&skip_log);
+    // Suites drive the real agent binary.
+    build_agent()?;
     for (name, exe) in test_executables()? {
         if name.starts_with("vm_") {
             continue;
@@ -242,6 +257,7 @@ pub fn kernel(filter: Option<&str>) -> Result<Tally> {
         cmd.arg("--test-threads=1")
             .env("ENFORCER_SKIP_LOG", &skip_log)
             .env("ENFORCER_PROBE", probe_path())
+            .env("ENFORCER_BIN", agent_path())
             .env("RUST_BACKTRACE", "1")
             .current_dir(root());
         if let Some(f) = filter {
@@ -282,10 +298,17 @@ pub fn vm(filter: Option<&str>) -> Result<Tally> {
         t.not_run = Some("no VM tests selected".into());
         return Ok(t);
     }
-    let env = vec![(
-        "ENFORCER_PROBE".to_string(),
-        probe_path().display().to_string(),
-    )];
+    build_agent()?;
+    let env = vec![
+        (
+            "ENFORCER_PROBE".to_string(),
+            probe_path().display().to_string(),
+        ),
+        (
+            "ENFORCER_BIN".to_string(),
+            agent_path().display().to_string(),
+        ),
+    ];
     for r in vm::run(&tests, &env)? {
         let label = format!("{}::{}", r.binary.split('-').next().unwrap_or(""), r.name);
         let verdict = match (r.rc, &r.skipped) {

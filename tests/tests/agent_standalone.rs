@@ -1,0 +1,243 @@
+//! Kernel tier: the `enforcer run` standalone-mode contract, with the real binary on a
+//! simulated node (see tests/src/sim.rs): readiness, bad input, new pods, exit and
+//! uninstall, metrics.
+
+use std::time::{Duration, Instant};
+
+use enforcer_tests::{
+    is_root,
+    sim::{PodSpec, SimNode},
+    skip,
+};
+
+const DENY_ALL_X: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+"#;
+
+fn node(test: &str, subnet: u8, pods: &[&str]) -> Option<SimNode> {
+    if !is_root() {
+        skip(
+            test,
+            "needs root (BPF programs, cgroups, network namespaces)",
+        );
+        return None;
+    }
+    let mut node = SimNode::new(subnet);
+    node.add_namespace("x", &[]);
+    for p in pods {
+        node.add_pod(PodSpec::new("x", p, true));
+    }
+    node.write_cluster();
+    Some(node)
+}
+
+#[test]
+fn not_ready_until_the_kubelet_cgroups_exist() {
+    let Some(node) = node("not_ready_until_the_kubelet_cgroups_exist", 60, &[]) else {
+        return;
+    };
+    // Remove the (empty) kubelet tree: the agent must wait for it, unready.
+    let kubepods = node.kubepods.clone();
+    std::fs::remove_dir(kubepods.join("kubepods-burstable.slice")).unwrap();
+    std::fs::remove_dir(&kubepods).unwrap();
+    let mut agent = node.spawn_agent(&[]);
+    let start = Instant::now();
+    while agent.get("/readyz").0 != 503 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no 503 from /readyz:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        agent.get("/readyz").0,
+        503,
+        "ready without a kubelet cgroup tree"
+    );
+    assert_eq!(agent.get("/healthz").0, 200);
+    assert_eq!(agent.metric("enforcer_ready"), Some(0.0));
+    std::fs::create_dir_all(kubepods.join("kubepods-burstable.slice")).unwrap();
+    agent.wait_ready(Duration::from_secs(10));
+    assert_eq!(agent.metric("enforcer_ready"), Some(1.0));
+    assert!(
+        agent.log_text().contains("waiting for the kubelet"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn malformed_manifests_are_reported_and_the_rest_stays_enforced() {
+    let Some(node) = node(
+        "malformed_manifests_are_reported_and_the_rest_stays_enforced",
+        61,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let agent = node.start_agent(&[]);
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+
+    // A broken file and a policy with a bad field, next to the valid policy.
+    let before = agent.reconciles();
+    node.write_manifest(
+        "20-broken.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: [oops\n",
+    );
+    node.write_manifest(
+        "30-bad-port.yaml",
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad-port, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - ports:
+    - port: 70000
+"#,
+    );
+    let start = Instant::now();
+    loop {
+        let log = agent.log_text();
+        if log.contains("30-bad-port.yaml") && log.contains("20-broken.yaml") {
+            assert!(
+                log.contains("NetworkPolicy x/bad-port")
+                    && log.contains("spec.ingress[0].ports[0].port"),
+                "error does not name object and field:\n{log}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "errors not reported:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = before;
+    assert!(agent.metric("enforcer_manifest_errors").unwrap_or(0.0) >= 2.0);
+    // Everything else is still enforced.
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    assert_eq!(agent.get("/readyz").0, 200);
+
+    // An invalid edit of the valid policy keeps its last good version.
+    node.write_manifest(
+        "10-deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Sideways]\n",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        node.probe("x/a", "x/b", "tcp", 80, false, 500),
+        "eperm",
+        "last good version dropped"
+    );
+    assert!(
+        agent.log_text().contains("spec.policyTypes"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn pods_are_enforced_when_their_cgroup_and_manifest_appear() {
+    let Some(mut node) = node(
+        "pods_are_enforced_when_their_cgroup_and_manifest_appear",
+        62,
+        &["a"],
+    ) else {
+        return;
+    };
+    let agent = node.start_agent(&[]);
+    // A pod the agent has not classified (its cgroup exists, no manifest yet): denied by
+    // default, both ways.
+    node.add_pod(PodSpec::new("x", "late", true));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(node.probe("x/late", "x/a", "tcp", 80, false, 500), "eperm");
+    assert_eq!(
+        node.probe("x/a", "x/late", "tcp", 80, false, 500),
+        "timeout"
+    );
+    // Its manifest arrives: classified, and open (no policy).
+    let before = agent.reconciles();
+    node.write_cluster();
+    agent.wait_reconciled(before, Duration::from_secs(5));
+    assert_eq!(node.probe("x/late", "x/a", "tcp", 80, false, 1000), "ok");
+    assert_eq!(node.probe("x/a", "x/late", "tcp", 80, false, 1000), "ok");
+    // And a policy written now applies to it.
+    let before = agent.reconciles();
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    agent.wait_reconciled(before, Duration::from_secs(5));
+    assert_eq!(node.probe("x/late", "x/a", "tcp", 80, false, 500), "eperm");
+}
+
+#[test]
+fn unclassified_allow_setting_leaves_unknown_pods_open() {
+    let Some(mut node) = node(
+        "unclassified_allow_setting_leaves_unknown_pods_open",
+        63,
+        &["a"],
+    ) else {
+        return;
+    };
+    let _agent = node.start_agent(&["--unclassified", "allow"]);
+    node.add_pod(PodSpec::new("x", "late", true));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(node.probe("x/late", "x/a", "tcp", 80, false, 1000), "ok");
+}
+
+#[test]
+fn sigterm_exits_fast_enforcement_stays_until_uninstall() {
+    let Some(node) = node(
+        "sigterm_exits_fast_enforcement_stays_until_uninstall",
+        64,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let mut agent = node.start_agent(&[]);
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    let took = agent.stop();
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    assert!(!agent.running());
+    // The pinned programs and maps keep enforcing without the agent.
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    assert!(agent.bpffs.exists());
+    agent.uninstall();
+    assert!(!agent.bpffs.exists(), "pins left behind");
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 1000), "ok");
+}
+
+#[test]
+fn metrics_are_served_in_prometheus_format() {
+    let Some(node) = node("metrics_are_served_in_prometheus_format", 65, &["a", "b"]) else {
+        return;
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let agent = node.start_agent(&[]);
+    assert_eq!(node.probe("x/b", "x/a", "udp", 81, false, 300), "eperm");
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, body) = agent.get("/metrics");
+    assert_eq!(status, 200);
+    for family in [
+        "# TYPE enforcer_ready gauge",
+        "# TYPE enforcer_reconciles_total counter",
+        "# TYPE enforcer_network_verdicts_total counter",
+        "enforcer_endpoints 2",
+    ] {
+        assert!(body.contains(family), "missing {family:?} in:\n{body}");
+    }
+    assert!(
+        body.contains("enforcer_network_verdicts_total{direction=\"egress\",verdict=\"deny\",reason=\"default-deny\"}"),
+        "{body}"
+    );
+    assert_eq!(agent.get("/nope").0, 404);
+}
