@@ -4,7 +4,7 @@ use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use enforcer::agent::{self, Unclassified};
+use enforcer::agent::{self, GuardsMode, SourceKind, Unclassified};
 
 /// enforcer: Kubernetes NetworkPolicy and runtime guards, enforced in the kernel with eBPF.
 #[derive(Parser)]
@@ -22,16 +22,32 @@ enum UnclassifiedArg {
     Allow,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum GuardsArg {
+    /// The BPF LSM tier where the kernel has it active, else the fallback tier.
+    Auto,
+    /// Only the BPF LSM tier: refuse to start without it.
+    Lsm,
+    /// The fallback tier (cgroup programs, SIGKILL at syscall entry).
+    Fallback,
+    /// No runtime guards.
+    Off,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Enforce a directory of Kubernetes manifests (standalone mode).
+    /// Enforce NetworkPolicy and runtime guards for this node's pods: from a directory of
+    /// manifests (standalone mode), or from the Kubernetes API when --manifests is absent.
     Run {
         /// Directory of *.yaml, *.yml, *.json manifests (Namespace, Pod, NetworkPolicy,
         /// RuntimePolicy); changes are enforced within a second.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
+        /// Kubernetes mode: kubeconfig file (default: the in-cluster service account).
+        #[arg(long, conflicts_with = "manifests")]
+        kubeconfig: Option<PathBuf>,
         /// This node's name: pods with spec.nodeName equal to it are enforced here.
-        #[arg(long)]
+        #[arg(long, env = "NODE_NAME")]
         node: String,
         /// cgroup2 directory below which the kubelet's pod cgroups are found and the
         /// programs attach (default: the cgroup2 mount).
@@ -62,6 +78,15 @@ enum Command {
         /// after kube-proxy's NAT, on the packet path.
         #[arg(long = "service-cidr")]
         service_cidrs: Vec<ipnet::IpNet>,
+        /// Runtime guard tier.
+        #[arg(long, value_enum, default_value = "auto")]
+        runtime_guards: GuardsArg,
+    },
+    /// Show what this node's kernel supports and what an instance has attached.
+    Status {
+        /// The instance's bpffs directory.
+        #[arg(long, default_value = "/sys/fs/bpf/enforcer")]
+        bpffs: PathBuf,
     },
     /// Detach everything an instance attached and remove its pins.
     Uninstall {
@@ -88,6 +113,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run {
             manifests,
+            kubeconfig,
             node,
             cgroup_root,
             health_addr,
@@ -98,9 +124,13 @@ fn main() -> Result<()> {
             allow_events,
             log_rate,
             service_cidrs,
+            runtime_guards,
         } => {
             let opts = agent::Options {
-                manifests,
+                source: match manifests {
+                    Some(dir) => SourceKind::Manifests(dir),
+                    None => SourceKind::Kubernetes { kubeconfig },
+                },
                 node,
                 cgroup_root,
                 health_addr,
@@ -114,12 +144,22 @@ fn main() -> Result<()> {
                 allow_events,
                 log_rate,
                 service_cidrs,
+                guards: match runtime_guards {
+                    GuardsArg::Auto => GuardsMode::Auto,
+                    GuardsArg::Lsm => GuardsMode::Lsm,
+                    GuardsArg::Fallback => GuardsMode::Fallback,
+                    GuardsArg::Off => GuardsMode::Off,
+                },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
             rt.block_on(agent::run(opts))
+        }
+        Command::Status { bpffs } => {
+            print!("{}", enforcer::status::report(&bpffs));
+            Ok(())
         }
         Command::Uninstall { bpffs } => {
             let n = enforcer::bpf::uninstall(&bpffs)?;

@@ -92,26 +92,7 @@ impl RuntimePolicy {
     }
 }
 
-/// Stable guard names, as used in RuntimePolicy, logs, metrics and events.
-pub const GUARD_NAMES: &[(u32, &str)] = &[
-    (GUARD_ROOT_ESCALATION, "root-escalation"),
-    (GUARD_DANGEROUS_CAPABILITIES, "dangerous-capabilities"),
-    (GUARD_MOUNT, "mount"),
-    (GUARD_KERNEL_MODULES, "kernel-modules"),
-    (GUARD_PTRACE, "ptrace"),
-    (GUARD_BPF, "bpf"),
-    (GUARD_RAW_SOCKETS, "raw-sockets"),
-    (GUARD_HOST_DEVICES, "host-devices"),
-    (GUARD_SYSCTL_WRITE, "sysctl-write"),
-];
-
-/// Guard bit by name.
-pub fn guard_by_name(name: &str) -> Option<u32> {
-    GUARD_NAMES
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map(|(b, _)| *b)
-}
+pub use crate::guards::{GUARD_NAMES, guard_by_name};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

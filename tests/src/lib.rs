@@ -249,6 +249,15 @@ pub fn place_command(cmd: &mut Command, place: Place<'_>) {
     // on data prepared before fork.
     unsafe {
         cmd.pre_exec(move || {
+            // Network namespace first, cgroup second: a process joining a pod must not make
+            // privileged calls (setns needs CAP_SYS_ADMIN) from inside an armed pod cgroup,
+            // where runtime guards apply (this is also the order container runtimes used
+            // before runc 1.4).
+            if let Some(ns) = &ns_fd
+                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(path) = &procs {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
@@ -259,11 +268,6 @@ pub fn place_command(cmd: &mut Command, place: Place<'_>) {
                 if r != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
-            }
-            if let Some(ns) = &ns_fd
-                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

@@ -110,15 +110,7 @@ pub fn direction_name(d: u8) -> &'static str {
     }
 }
 
-pub use crate::runtime_policy::GUARD_NAMES;
-
-pub fn guard_name(bit: u32) -> &'static str {
-    GUARD_NAMES
-        .iter()
-        .find(|(b, _)| *b == bit)
-        .map(|(_, n)| *n)
-        .unwrap_or("unknown")
-}
+pub use crate::guards::{GUARD_NAMES, guard_name};
 
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());

@@ -1,15 +1,18 @@
-//! The agent: sources of truth (manifests now, the API server later) -> compilers -> maps,
-//! plus pod cgroup discovery, events, health and metrics.
+//! The agent: a source of truth (a manifests directory, or the Kubernetes API) -> the
+//! compilers (NetworkPolicy, runtime guards) -> the kernel maps, plus pod cgroup discovery,
+//! events, health and metrics.
 //!
 //! Start-up order is chosen so that enforcement never has a hole: maps are filled before the
-//! programs attach, and readiness is reported only after that. On SIGTERM the agent exits
-//! and leaves its pinned programs and maps in place: enforcement continues with the last
-//! state until the next agent starts (which reuses the maps) or `enforcer uninstall` runs.
+//! network programs attach, and readiness is reported only after that. On SIGTERM the agent
+//! exits and leaves its pinned programs and maps in place: enforcement continues with the
+//! last state until the next agent starts (which reuses the maps) or `enforcer uninstall`
+//! runs.
 
 pub mod apply;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod source;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,87 +24,53 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use enforcer_common::*;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::{
     bpf::Datapath,
     cgroup::{Cgroup2Mount, cgroup_id},
-    kubelet, manifests,
+    guards::Tier,
+    kubelet,
     policy::{CompileInput, Compiler, Desired},
+    runtime_policy,
 };
 use apply::MapState;
 use events::Names;
 use metrics::Metrics;
+use source::Snapshot;
 
 /// What to do with traffic of pod cgroups the agent has not classified yet.
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::IpPrefix;
-
-    #[test]
-    fn service_cidrs_keep_longest_prefix_answers() {
-        let mut m = BTreeMap::new();
-        let p = |s: &str| IpPrefix::from_net(&s.parse().unwrap());
-        m.insert(
-            p("10.0.0.0/8"),
-            IpInfo {
-                identity: 20,
-                ..Default::default()
-            },
-        );
-        m.insert(
-            p("10.96.0.5/32"),
-            IpInfo {
-                identity: 21,
-                ..Default::default()
-            },
-        );
-        m.insert(
-            p("192.168.0.0/16"),
-            IpInfo {
-                identity: 22,
-                ..Default::default()
-            },
-        );
-        defer_service_cidrs(
-            &mut m,
-            &[
-                "10.96.0.0/12".parse().unwrap(),
-                "192.168.0.0/16".parse().unwrap(),
-                "fd00:96::/108".parse().unwrap(),
-            ],
-        );
-        assert_eq!(
-            m[&p("10.96.0.0/12")],
-            IpInfo {
-                identity: 20,
-                flags: IP_DEFER_TO_PACKET,
-                ..Default::default()
-            }
-        );
-        assert_eq!(m[&p("10.96.0.5/32")].flags, 0);
-        assert_eq!(
-            m[&p("192.168.0.0/16")],
-            IpInfo {
-                identity: 22,
-                flags: IP_DEFER_TO_PACKET,
-                ..Default::default()
-            }
-        );
-        assert_eq!(m[&p("fd00:96::/108")].identity, IDENTITY_WORLD);
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unclassified {
     Deny,
     Allow,
 }
 
+/// Which runtime guard tier to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardsMode {
+    /// Probe the kernel: BPF LSM if it is active, the fallback tier otherwise.
+    Auto,
+    /// Only the BPF LSM tier; fail to start without it.
+    Lsm,
+    /// The fallback tier even where the BPF LSM is active.
+    Fallback,
+    /// No runtime guards.
+    Off,
+}
+
+/// Where the cluster state comes from.
+#[derive(Clone, Debug)]
+pub enum SourceKind {
+    /// Standalone: a directory of manifests.
+    Manifests(PathBuf),
+    /// The Kubernetes API (in-cluster configuration, or `kubeconfig`).
+    Kubernetes { kubeconfig: Option<PathBuf> },
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub manifests: PathBuf,
+    pub source: SourceKind,
     pub node: String,
     /// cgroup2 directory below which the kubelet layouts are looked up (default: the mount).
     pub cgroup_root: Option<PathBuf>,
@@ -120,6 +89,7 @@ pub struct Options {
     /// Service CIDRs: socket hooks leave these destinations to the packet path, which
     /// sees them after kube-proxy's NAT.
     pub service_cidrs: Vec<crate::model::IpNet>,
+    pub guards: GuardsMode,
 }
 
 /// Mark Service CIDRs in the IPCACHE so that socket hooks defer them to the packet path.
@@ -229,19 +199,34 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
 #[derive(Default)]
 struct CgroupIndex {
     by_uid: BTreeMap<String, BTreeSet<u64>>,
+    /// cgroup path -> (pod uid, id): removal events only carry the path.
+    by_path: BTreeMap<PathBuf, (String, u64)>,
 }
 
 impl CgroupIndex {
-    fn add(&mut self, uid: &str, id: u64) {
+    fn add(&mut self, uid: &str, path: &Path, id: u64) {
         self.by_uid.entry(uid.to_string()).or_default().insert(id);
+        self.by_path
+            .insert(path.to_path_buf(), (uid.to_string(), id));
     }
-    fn remove_pod(&mut self, uid: &str) {
-        self.by_uid.remove(uid);
-    }
-    fn remove_id(&mut self, uid: &str, id: u64) {
-        if let Some(s) = self.by_uid.get_mut(uid) {
-            s.remove(&id);
+
+    fn add_pod(&mut self, p: &kubelet::PodCgroup) {
+        self.add(&p.uid, &p.path, p.id);
+        for c in &p.containers {
+            self.add(&p.uid, &c.path, c.cgroup_id);
         }
+    }
+
+    /// Forget a cgroup; returns its id.
+    fn remove_path(&mut self, path: &Path) -> Option<u64> {
+        let (uid, id) = self.by_path.remove(path)?;
+        if let Some(s) = self.by_uid.get_mut(&uid) {
+            s.remove(&id);
+            if s.is_empty() {
+                self.by_uid.remove(&uid);
+            }
+        }
+        Some(id)
     }
 }
 
@@ -252,24 +237,35 @@ struct Reconciler {
     node: String,
     node_ips: Vec<IpAddr>,
     desired: Desired,
+    /// Guard bits per local pod uid: (enforce, audit).
+    guards: BTreeMap<String, (u32, u32)>,
     current: MapState,
     cgroups: CgroupIndex,
     config: Config,
     names: Arc<RwLock<Names>>,
     metrics: Arc<Metrics>,
     service_cidrs: Vec<crate::model::IpNet>,
+    guards_on: bool,
 }
 
 impl Reconciler {
-    /// Recompile from the cluster model and apply the difference.
-    fn recompile(&mut self, cluster: &crate::model::Cluster) -> Result<()> {
+    /// Recompile from a snapshot and apply the difference.
+    fn recompile(&mut self, snap: &Snapshot) -> Result<()> {
         let input = CompileInput {
-            cluster,
+            cluster: &snap.cluster,
             node_name: &self.node,
             node_ips: &self.node_ips,
         };
         self.desired = self.compiler.compile(&input);
         defer_service_cidrs(&mut self.desired.ipcache, &self.service_cidrs);
+        if self.guards_on {
+            let (g, warnings) =
+                runtime_policy::compile(&snap.cluster, &snap.runtime_policies, &self.node);
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            self.guards = g;
+        }
         self.sync()
     }
 
@@ -283,9 +279,14 @@ impl Reconciler {
         };
         let mut cg_names = BTreeMap::new();
         for (uid, le) in &self.desired.endpoints {
+            let mut ep = le.endpoint;
+            if let Some((enforce, audit)) = self.guards.get(uid) {
+                ep.guards_enforce = *enforce;
+                ep.guards_audit = *audit;
+            }
             if let Some(ids) = self.cgroups.by_uid.get(uid) {
                 for id in ids {
-                    want.endpoints.insert(*id, le.endpoint);
+                    want.endpoints.insert(*id, ep);
                     cg_names.insert(*id, le.pod.clone());
                 }
             }
@@ -321,11 +322,18 @@ impl Reconciler {
             n.cgroups = cg_names;
         }
         let m = &self.metrics;
+        let guarded = self.guards.values().filter(|(e, a)| e | a != 0).count();
         m.set(
             "enforcer_endpoints",
             "Local pods known to the datapath.",
             &[],
             self.desired.endpoints.len() as f64,
+        );
+        m.set(
+            "enforcer_guarded_pods",
+            "Local pods with at least one runtime guard (enforced or audited).",
+            &[],
+            guarded as f64,
         );
         m.set(
             "enforcer_endpoint_cgroups",
@@ -371,9 +379,102 @@ impl Reconciler {
         );
         Ok(())
     }
+
+    /// Apply a cgroup change from the kubelet watcher.
+    fn cgroup_event(&mut self, ev: kubelet::CgroupEvent) -> Result<()> {
+        match ev {
+            kubelet::CgroupEvent::PodAdded(p) => self.cgroups.add_pod(&p),
+            kubelet::CgroupEvent::ContainerAdded { pod_uid, container } => {
+                self.cgroups
+                    .add(&pod_uid, &container.path, container.cgroup_id)
+            }
+            kubelet::CgroupEvent::PodRemoved { path, .. }
+            | kubelet::CgroupEvent::ContainerRemoved { path, .. } => {
+                // Containers are reported removed before their pod.
+                if let Some(id) = self.cgroups.remove_path(&path)
+                    && self.guards_on
+                {
+                    let _ = self.dp.disarm_cgroup(id);
+                }
+            }
+        }
+        self.sync()
+    }
 }
 
-/// Run the agent in standalone mode until SIGTERM/SIGINT.
+/// Probe and attach the runtime guards; never fatal except in `GuardsMode::Lsm`.
+fn start_guards(
+    dp: &mut Datapath,
+    mode: GuardsMode,
+    root: &Path,
+    metrics: &Metrics,
+) -> Result<bool> {
+    if mode == GuardsMode::Off {
+        tracing::info!("runtime guards: off");
+        return Ok(false);
+    }
+    let probe = dp.probe_guard_tier();
+    let tier = match (mode, probe.tier) {
+        (GuardsMode::Lsm, Tier::Fallback) => {
+            bail!(
+                "--runtime-guards lsm: the BPF LSM tier is not available: {}",
+                probe.reason
+            )
+        }
+        (GuardsMode::Fallback, _) => Tier::Fallback,
+        (_, t) => t,
+    };
+    tracing::info!("runtime guards: tier {} ({})", tier.name(), probe.reason);
+    let attached = match dp.attach_guards(root, tier) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(
+                "runtime guards could not be attached ({e:#}); network enforcement continues without them"
+            );
+            metrics.set(
+                "enforcer_guard_tier",
+                "Runtime guard tier in use (1 for the active one).",
+                &[("tier", "none")],
+                1.0,
+            );
+            return Ok(false);
+        }
+    };
+    metrics.set(
+        "enforcer_guard_tier",
+        "Runtime guard tier in use (1 for the active one).",
+        &[("tier", tier.name())],
+        1.0,
+    );
+    for s in &attached.support {
+        let available = attached.available & s.guard != 0;
+        metrics.set(
+            "enforcer_guard_available",
+            "1 if the runtime guard is enforced on this kernel in the active tier.",
+            &[("guard", s.name)],
+            if available { 1.0 } else { 0.0 },
+        );
+        if !available {
+            let missing: Vec<String> = s.missing.iter().map(|m| m.to_string()).collect();
+            tracing::warn!(
+                "runtime guard {} unavailable in tier {}: missing {}",
+                s.name,
+                tier.name(),
+                missing.join(", ")
+            );
+        }
+    }
+    match dp.arm_running_below(root) {
+        Ok(armed) if !armed.is_empty() => {
+            tracing::info!("armed {} running container cgroups", armed.len())
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("arming running containers: {e:#}"),
+    }
+    Ok(true)
+}
+
+/// Run the agent until SIGTERM/SIGINT.
 pub async fn run(opts: Options) -> Result<()> {
     let mount = Cgroup2Mount::detect().context("finding the cgroup2 mount")?;
     let cgroup_root = opts
@@ -395,12 +496,33 @@ pub async fn run(opts: Options) -> Result<()> {
             .with_context(|| format!("binding --health-addr {addr}"))?;
         tracing::info!("health and metrics on http://{local}/ (readyz, metrics)");
     }
-    metrics.set(
-        "enforcer_ready",
-        "1 once the desired state is enforced in the kernel.",
-        &[],
-        0.0,
-    );
+    let ready_metric = |v: f64| {
+        metrics.set(
+            "enforcer_ready",
+            "1 once the desired state is enforced in the kernel.",
+            &[],
+            v,
+        )
+    };
+    ready_metric(0.0);
+
+    // The source starts at once: the API server's initial lists take time.
+    let (snap_tx, mut snap_rx) = source::channel();
+    match &opts.source {
+        SourceKind::Manifests(dir) => {
+            tokio::spawn(source::manifests(dir.clone(), snap_tx, metrics.clone()));
+        }
+        SourceKind::Kubernetes { kubeconfig } => {
+            let node = opts.node.clone();
+            let kubeconfig = kubeconfig.clone();
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::kube::run(node, kubeconfig, snap_tx, m).await {
+                    tracing::error!("Kubernetes source stopped: {e:#}");
+                }
+            });
+        }
+    }
 
     let kubepods = match kubelet::find_kubepods(&cgroup_root) {
         Some(r) => r,
@@ -450,6 +572,7 @@ pub async fn run(opts: Options) -> Result<()> {
         ev_tx.clone(),
         opts.log_rate,
     ));
+    let guards_on = start_guards(&mut dp, opts.guards, &kubepods.path, &metrics)?;
 
     let mut node_ips = local_addresses();
     node_ips.extend(opts.node_ips.iter().copied());
@@ -464,51 +587,40 @@ pub async fn run(opts: Options) -> Result<()> {
         node: opts.node.clone(),
         node_ips,
         desired: Desired::default(),
+        guards: BTreeMap::new(),
         current,
         cgroups: CgroupIndex::default(),
         config,
         names: names.clone(),
         metrics: metrics.clone(),
         service_cidrs: opts.service_cidrs.clone(),
+        guards_on,
     };
-
-    // Sources.
-    let mut store = manifests::Store::new();
-    let report = store.reload(&opts.manifests);
-    for e in &report.errors {
-        tracing::error!("{e}");
-    }
-    metrics.set(
-        "enforcer_manifest_errors",
-        "Errors in the last manifests load.",
-        &[],
-        report.errors.len() as f64,
-    );
-    let (mf_tx, mut mf_rx) = mpsc::channel(4);
-    tokio::spawn(manifests::watch(opts.manifests.clone(), mf_tx));
 
     let (mut watcher, initial) = kubelet::Watcher::new(kubepods.clone())?;
     for pod in &initial {
-        rec.cgroups.add(&pod.uid, pod.id);
-        for c in &pod.containers {
-            rec.cgroups.add(&pod.uid, c.cgroup_id);
-        }
+        rec.cgroups.add_pod(pod);
     }
 
-    rec.recompile(store.cluster())?;
+    // The first complete state from the source.
+    let first = loop {
+        if let Some(s) = snap_rx.borrow_and_update().clone() {
+            break s;
+        }
+        if snap_rx.changed().await.is_err() {
+            bail!("the cluster state source stopped before its initial state was known");
+        }
+    };
+    rec.recompile(&first)?;
     rec.dp
         .attach_network(&kubepods.path)
         .context("attaching network programs")?;
     health.ready.store(true, Ordering::Release);
-    metrics.set(
-        "enforcer_ready",
-        "1 once the desired state is enforced in the kernel.",
-        &[],
-        1.0,
-    );
+    ready_metric(1.0);
     tracing::info!(
-        "enforcing: {} local pods, {} policy entries, {} identities",
+        "enforcing: {} local pods ({} with runtime guards), {} policy entries, {} identities",
         rec.desired.endpoints.len(),
+        rec.guards.values().filter(|(e, a)| e | a != 0).count(),
         rec.current.policy.len(),
         rec.desired.identities.len()
     );
@@ -516,38 +628,35 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: exiting; pinned programs keep enforcing"); break; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted: exiting; pinned programs keep enforcing"); break; }
-            Some(()) = mf_rx.recv() => {
-                let t = Instant::now();
-                let report = store.reload(&opts.manifests);
-                for e in &report.errors {
-                    tracing::error!("{e}");
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: exiting; pinned programs keep enforcing");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted: exiting; pinned programs keep enforcing");
+                break;
+            }
+            changed = snap_rx.changed() => {
+                if changed.is_err() {
+                    tracing::error!("the cluster state source stopped; keeping the last state");
+                    // Keep enforcing; only exit on a signal.
+                    let _ = term.recv().await;
+                    break;
                 }
-                metrics.set("enforcer_manifest_errors", "Errors in the last manifests load.", &[], report.errors.len() as f64);
-                if report.changed {
-                    if let Err(e) = rec.recompile(store.cluster()) {
-                        tracing::error!("applying manifests: {e:#}");
+                let snap = snap_rx.borrow_and_update().clone();
+                if let Some(snap) = snap {
+                    let t = Instant::now();
+                    match rec.recompile(&snap) {
+                        Ok(()) => tracing::info!("state change enforced in {:?}", t.elapsed()),
+                        Err(e) => tracing::error!("applying a state change: {e:#}"),
                     }
-                    tracing::info!("manifests changed: enforced in {:?}", t.elapsed());
                 }
             }
             ev = watcher.next() => {
                 match ev {
                     Ok(ev) => {
-                        match ev {
-                            kubelet::CgroupEvent::PodAdded(p) => {
-                                rec.cgroups.add(&p.uid, p.id);
-                                for c in &p.containers { rec.cgroups.add(&p.uid, c.cgroup_id); }
-                            }
-                            kubelet::CgroupEvent::PodRemoved { uid, .. } => rec.cgroups.remove_pod(&uid),
-                            kubelet::CgroupEvent::ContainerAdded { pod_uid, container } => rec.cgroups.add(&pod_uid, container.cgroup_id),
-                            kubelet::CgroupEvent::ContainerRemoved { pod_uid, path } => {
-                                if let Ok(id) = cgroup_id(&path) { rec.cgroups.remove_id(&pod_uid, id); }
-                            }
-                        }
-                        if let Err(e) = rec.sync() {
-                            tracing::error!("applying cgroup change: {e:#}");
+                        if let Err(e) = rec.cgroup_event(ev) {
+                            tracing::error!("applying a cgroup change: {e:#}");
                         }
                     }
                     Err(e) => {
@@ -559,4 +668,63 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::IpPrefix;
+
+    #[test]
+    fn service_cidrs_keep_longest_prefix_answers() {
+        let mut m = BTreeMap::new();
+        let p = |s: &str| IpPrefix::from_net(&s.parse().unwrap());
+        m.insert(
+            p("10.0.0.0/8"),
+            IpInfo {
+                identity: 20,
+                ..Default::default()
+            },
+        );
+        m.insert(
+            p("10.96.0.5/32"),
+            IpInfo {
+                identity: 21,
+                ..Default::default()
+            },
+        );
+        m.insert(
+            p("192.168.0.0/16"),
+            IpInfo {
+                identity: 22,
+                ..Default::default()
+            },
+        );
+        defer_service_cidrs(
+            &mut m,
+            &[
+                "10.96.0.0/12".parse().unwrap(),
+                "192.168.0.0/16".parse().unwrap(),
+                "fd00:96::/108".parse().unwrap(),
+            ],
+        );
+        assert_eq!(
+            m[&p("10.96.0.0/12")],
+            IpInfo {
+                identity: 20,
+                flags: IP_DEFER_TO_PACKET,
+                ..Default::default()
+            }
+        );
+        assert_eq!(m[&p("10.96.0.5/32")].flags, 0);
+        assert_eq!(
+            m[&p("192.168.0.0/16")],
+            IpInfo {
+                identity: 22,
+                flags: IP_DEFER_TO_PACKET,
+                ..Default::default()
+            }
+        );
+        assert_eq!(m[&p("fd00:96::/108")].identity, IDENTITY_WORLD);
+    }
 }

@@ -1,0 +1,130 @@
+//! `enforcer status`: what this kernel supports, and what an instance has attached.
+
+use std::{fmt::Write as _, fs, path::Path};
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData};
+use enforcer_common::*;
+
+use crate::{
+    bpf::Datapath,
+    guards::{Enforcement, Tier},
+};
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn count_hash<K: aya::Pod, V: aya::Pod>(path: &Path) -> Option<usize> {
+    let data = MapData::from_pin(path).ok()?;
+    let map = aya::maps::Map::HashMap(data);
+    let h: HashMap<MapData, K, V> = HashMap::try_from(map).ok()?;
+    Some(h.keys().count())
+}
+
+fn count_lpm<K: aya::Pod, V: aya::Pod>(path: &Path) -> Option<usize> {
+    let data = MapData::from_pin(path).ok()?;
+    let map = aya::maps::Map::LpmTrie(data);
+    let t: LpmTrie<MapData, K, V> = LpmTrie::try_from(map).ok()?;
+    Some(t.keys().count())
+}
+
+fn read_array<V: aya::Pod>(path: &Path) -> Option<V> {
+    let data = MapData::from_pin(path).ok()?;
+    let map = aya::maps::Map::Array(data);
+    let a: Array<MapData, V> = Array::try_from(map).ok()?;
+    a.get(&0, 0).ok()
+}
+
+/// The status report, as text.
+pub fn report(instance: &Path) -> String {
+    let mut out = String::new();
+    let lsms = fs::read_to_string("/sys/kernel/security/lsm")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown (securityfs not mounted?)".into());
+    let _ = writeln!(out, "kernel:        {}", kernel_release());
+    let _ = writeln!(out, "active LSMs:   {lsms}");
+    match crate::cgroup::Cgroup2Mount::detect() {
+        Ok(m) => {
+            let _ = writeln!(out, "cgroup2:       {}", m.path.display());
+        }
+        Err(e) => {
+            let _ = writeln!(out, "cgroup2:       {e}");
+        }
+    }
+    match Datapath::load(None) {
+        Ok(mut dp) => {
+            let probe = dp.probe_guard_tier();
+            let _ = writeln!(
+                out,
+                "guard tier:    {} available ({})",
+                probe.tier.name(),
+                probe.reason
+            );
+            for s in crate::guards::support(probe.tier, dp.guard_offsets()) {
+                let how = match s.enforcement {
+                    Enforcement::Deny => "deny (EPERM)",
+                    Enforcement::DenyOrKill => "deny or kill",
+                    Enforcement::Kill => "kill (SIGKILL at syscall entry)",
+                    Enforcement::Unavailable => "UNAVAILABLE",
+                };
+                let _ = writeln!(out, "  {:<24} {how}", s.name);
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "guard tier:    cannot load the programs: {e}");
+        }
+    }
+    let dir = instance.join(format!("v{ABI_VERSION}"));
+    if !dir.exists() {
+        let _ = writeln!(out, "instance:      none at {}", instance.display());
+        return out;
+    }
+    let _ = writeln!(out, "instance:      {}", dir.display());
+    let mut links: Vec<String> = fs::read_dir(dir.join("links"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    links.sort();
+    let _ = writeln!(
+        out,
+        "  attached:    {} programs: {}",
+        links.len(),
+        links.join(" ")
+    );
+    let maps = dir.join("maps");
+    if let Some(gc) = read_array::<GuardConfig>(&maps.join("GUARD_CONFIG")) {
+        let tier = Tier::from_code(gc.tier as u8).map_or("none", |t| t.name());
+        let _ = writeln!(out, "  guard tier:  {tier}");
+    }
+    if let Some(cfg) = read_array::<Config>(&maps.join("CONFIG")) {
+        let _ = writeln!(
+            out,
+            "  config:      root cgroup {} (level {}), unclassified pods {}, network audit {}, policy revision {}",
+            cfg.root_cgroup_id,
+            cfg.root_level,
+            if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 {
+                "denied"
+            } else {
+                "allowed"
+            },
+            cfg.flags & CFG_NET_AUDIT != 0,
+            cfg.policy_revision
+        );
+    }
+    let n = |v: Option<usize>| v.map_or("?".to_string(), |n| n.to_string());
+    let _ = writeln!(
+        out,
+        "  maps:        ENDPOINTS {}, IPCACHE {}, POLICY {}, CONNTRACK {}, ARMED {}",
+        n(count_hash::<u64, Endpoint>(&maps.join("ENDPOINTS"))),
+        n(count_lpm::<IpKey, IpInfo>(&maps.join("IPCACHE"))),
+        n(count_lpm::<PolicyKey, PolicyValue>(&maps.join("POLICY"))),
+        n(count_hash::<CtKey, CtValue>(&maps.join("CONNTRACK"))),
+        n(count_hash::<u64, u32>(&maps.join("ARMED"))),
+    );
+    out
+}
