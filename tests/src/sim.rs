@@ -103,6 +103,8 @@ pub struct SimNode {
     /// Namespace labels, by namespace.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub manifests: tempfile_dir::TempDir,
+    /// Ports every pod serves (and the matrix probes); default [`PORTS`].
+    pub ports: Vec<(&'static str, u16)>,
     /// Third octet of the IPv4 subnet (10.77.<n>.0/24) and IPv6 (fd77:<n>::/64).
     subnet: u8,
     next_host: u8,
@@ -185,6 +187,7 @@ impl SimNode {
             pods: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             manifests: tempfile_dir::TempDir::new("enf-manifests"),
+            ports: PORTS.to_vec(),
             subnet,
             next_host: 10,
         }
@@ -258,7 +261,7 @@ impl SimNode {
             ctr
         });
         let mut args = vec!["serve".to_string()];
-        for (proto, port) in PORTS {
+        for (proto, port) in &self.ports {
             args.push(format!("{proto}:{port}"));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -313,7 +316,7 @@ impl SimNode {
                 y,
                 "spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: busybox\n    ports:"
             );
-            for (proto, port) in PORTS {
+            for (proto, port) in &self.ports {
                 let _ = writeln!(
                     y,
                     "    - name: serve-{port}-{proto}\n      containerPort: {port}\n      protocol: {}",
@@ -412,7 +415,7 @@ impl SimNode {
                 for t in to {
                     let dst = &self.pods[*t];
                     let ip = if v6 { dst.v6 } else { dst.v4 };
-                    for (proto, port) in PORTS {
+                    for (proto, port) in &self.ports {
                         args.push(format!("{proto},{ip},{port}"));
                         keys.push((f.to_string(), t.to_string(), proto.to_string(), *port));
                     }

@@ -82,7 +82,7 @@ impl World {
             table.push_str(&format!("\n  {f:>4} |"));
             for t in ALL {
                 let mut cell = String::new();
-                for (proto, port) in enforcer_tests::sim::PORTS {
+                for (proto, port) in &self.node.ports {
                     let outcome = &got[&(f.to_string(), t.to_string(), proto.to_string(), *port)];
                     let want = *f == *t || expect(f, t, proto, *port);
                     let ok = outcome == "ok";

@@ -111,7 +111,7 @@ fn build_initramfs(work: &Path, kdir: &Path, kver: &str) -> Result<PathBuf> {
     let tree = work.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
     for d in [
-        "bin", "modules", "proc", "sys", "dev", "host", "newroot", "upper",
+        "bin", "sbin", "modules", "proc", "sys", "dev", "host", "newroot", "upper",
     ] {
         fs::create_dir_all(tree.join(d))?;
     }
@@ -129,6 +129,14 @@ fn build_initramfs(work: &Path, kdir: &Path, kver: &str) -> Result<PathBuf> {
     fs::write(&init, INIT)?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    // The kernel runs /sbin/modprobe (module autoloading: veth, sctp...) in the initramfs
+    // root, not in the chroot where the userland and the modules are: hand it over.
+    let modprobe = tree.join("sbin/modprobe");
+    fs::write(
+        &modprobe,
+        "#!/bin/busybox sh\nexec /bin/busybox chroot /newroot /sbin/modprobe \"$@\"\n",
+    )?;
+    fs::set_permissions(&modprobe, fs::Permissions::from_mode(0o755))?;
     let out = work.join("initramfs.cpio");
     let status = Command::new("sh")
         .arg("-c")
@@ -191,7 +199,21 @@ pub fn run(tests: &[VmTest], extra_env: &[(String, String)]) -> Result<Vec<VmRes
     let results = work.join(format!("run-{}", std::process::id()));
     let _ = fs::remove_dir_all(&results);
     fs::create_dir_all(&results)?;
-    let initramfs = build_initramfs(&work, &kdir, &kver)?;
+    // Per run (concurrent runs must not share it), removed with the run directory below.
+    let initramfs = build_initramfs(&results, &kdir, &kver)?;
+    // Keep only the latest runs' directories.
+    if let Ok(entries) = fs::read_dir(&work) {
+        let mut runs: Vec<_> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        runs.sort();
+        let n = runs.len().saturating_sub(6);
+        for (_, old) in runs.into_iter().take(n) {
+            let _ = fs::remove_dir_all(old);
+        }
+    }
 
     // The run script: one line per test, results into the shared directory.
     let mut script = String::from("set +e\n");
