@@ -105,7 +105,134 @@ fn connect(proto: &str, addr: IpAddr, port: u16, timeout: Duration) -> &'static 
                 Err(e) => outcome_of(&e),
             }
         }
+        "sctp" => match sctp::connect(sa, timeout) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(timeout));
+                let mut buf = [0u8; 3];
+                match s.read_exact(&mut buf) {
+                    Ok(()) if &buf == b"ok\n" => "ok",
+                    Ok(()) => "error",
+                    Err(e) => outcome_of(&e),
+                }
+            }
+            Err(e) => outcome_of(&e),
+        },
         _ => "error",
+    }
+}
+
+/// SCTP one-to-one (SOCK_STREAM) sockets through libc: std has no SCTP, but such a socket
+/// reads and writes like a TCP stream, so it is wrapped as one once connected.
+mod sctp {
+    use std::{
+        io,
+        net::{SocketAddr, TcpListener, TcpStream},
+        os::fd::FromRawFd,
+        time::Duration,
+    };
+
+    fn sockaddr(sa: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: zeroed storage is a valid sockaddr_storage.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match sa {
+            SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_storage is large enough and suitably aligned.
+                let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as u16;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                // SAFETY: as above.
+                let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as u16;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    }
+
+    fn socket(v6: bool) -> io::Result<i32> {
+        let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        // SAFETY: plain syscall.
+        let fd = unsafe {
+            libc::socket(
+                fam,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_SCTP,
+            )
+        };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(fd)
+        }
+    }
+
+    /// Connect with a timeout (non-blocking connect, then poll).
+    pub fn connect(sa: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let fd = socket(sa.is_ipv6())?;
+        // SAFETY: fd is ours; the stream owns it from here (closed on error paths too).
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        stream.set_nonblocking(true)?;
+        let (ss, len) = sockaddr(sa);
+        // SAFETY: valid address of the given length.
+        let r = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(e);
+            }
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+            if n == 0 {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            if let Some(e) = stream.take_error()? {
+                return Err(e);
+            }
+        }
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+
+    /// A dual-stack SCTP listener on `port`.
+    pub fn listen(port: u16) -> io::Result<TcpListener> {
+        let fd = socket(true)?;
+        // SAFETY: fd is ours; the listener owns it.
+        let l = unsafe { TcpListener::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        // SAFETY: valid option pointer and length.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const _ as *const _,
+                4,
+            );
+        }
+        let (ss, len) = sockaddr(SocketAddr::new(
+            std::net::Ipv6Addr::UNSPECIFIED.into(),
+            port,
+        ));
+        // SAFETY: valid address; plain syscalls.
+        unsafe {
+            if libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) != 0
+                || libc::listen(fd, 64) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(l)
     }
 }
 
@@ -119,6 +246,16 @@ fn serve(specs: &[String]) -> ! {
             "tcp" => {
                 let l = TcpListener::bind(addr)
                     .unwrap_or_else(|e| fail(&format!("bind tcp {port}: {e}")));
+                handles.push(std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        let mut s = s;
+                        let _ = s.write_all(b"ok\n");
+                    }
+                }));
+            }
+            "sctp" => {
+                let l =
+                    sctp::listen(port).unwrap_or_else(|e| fail(&format!("bind sctp {port}: {e}")));
                 handles.push(std::thread::spawn(move || {
                     for s in l.incoming().flatten() {
                         let mut s = s;
