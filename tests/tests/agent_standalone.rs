@@ -232,6 +232,8 @@ fn metrics_are_served_in_prometheus_format() {
         "# TYPE enforcer_reconciles_total counter",
         "# TYPE enforcer_network_verdicts_total counter",
         "enforcer_endpoints 2",
+        "# TYPE enforcer_events_dropped_total counter",
+        "# TYPE enforcer_datapath_denied_total counter",
     ] {
         assert!(body.contains(family), "missing {family:?} in:\n{body}");
     }

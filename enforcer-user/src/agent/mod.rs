@@ -380,6 +380,57 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Copy the kernel's per-CPU counters into metrics.
+    fn export_counters(&mut self) {
+        const COUNTERS: &[(u32, &str, &str)] = &[
+            (
+                CNT_RINGBUF_DROPS,
+                "enforcer_events_dropped_total",
+                "Events the kernel could not queue (ring buffer full).",
+            ),
+            (
+                CNT_PARSE_ERRORS,
+                "enforcer_datapath_parse_errors_total",
+                "Packets whose headers could not be parsed.",
+            ),
+            (
+                CNT_CT_INSERT_ERRORS,
+                "enforcer_conntrack_insert_errors_total",
+                "Conntrack entries the kernel could not insert.",
+            ),
+            (
+                CNT_NET_ALLOW,
+                "enforcer_datapath_allowed_total",
+                "Packets and socket calls of classified pods allowed.",
+            ),
+            (
+                CNT_NET_DENY,
+                "enforcer_datapath_denied_total",
+                "Packets and socket calls denied.",
+            ),
+            (
+                CNT_GUARD_DENY,
+                "enforcer_guard_denied_total",
+                "Operations denied by runtime guards.",
+            ),
+            (
+                CNT_GUARD_AUDIT,
+                "enforcer_guard_audited_total",
+                "Operations reported by runtime guards in audit mode.",
+            ),
+            (
+                CNT_ARM_ERRORS,
+                "enforcer_arm_errors_total",
+                "cgroups that could not be armed (ARMED map full).",
+            ),
+        ];
+        for (idx, name, help) in COUNTERS {
+            if let Ok(v) = self.dp.counter(*idx) {
+                self.metrics.set_counter(name, help, &[], v as f64);
+            }
+        }
+    }
+
     /// Apply a cgroup change from the kubelet watcher.
     fn cgroup_event(&mut self, ev: kubelet::CgroupEvent) -> Result<()> {
         match ev {
@@ -626,8 +677,10 @@ pub async fn run(opts: Options) -> Result<()> {
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
+            _ = tick.tick() => rec.export_counters(),
             _ = term.recv() => {
                 tracing::info!("SIGTERM: exiting; pinned programs keep enforcing");
                 break;
