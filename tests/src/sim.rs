@@ -357,6 +357,20 @@ impl SimNode {
 
     /// Start the agent without waiting for readiness.
     pub fn spawn_agent(&self, extra: &[&str]) -> Agent {
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test-"));
+        self.spawn_agent_at(&bpffs, extra)
+    }
+
+    /// Start an agent on a given bpffs instance directory (e.g. a previous agent's, to test
+    /// restarts) and wait until it is ready.
+    pub fn start_agent_at(&self, bpffs: &Path, extra: &[&str]) -> Agent {
+        let mut agent = self.spawn_agent_at(bpffs, extra);
+        agent.wait_ready(Duration::from_secs(20));
+        agent
+    }
+
+    fn spawn_agent_at(&self, bpffs: &Path, extra: &[&str]) -> Agent {
+        let bpffs = bpffs.to_path_buf();
         let port = {
             // A free port number (the agent binds it inside the node netns, where nothing
             // else listens; picking it here just avoids hard-coding).
@@ -364,9 +378,8 @@ impl SimNode {
             l.local_addr().unwrap().port()
         };
         let health = SocketAddr::new(self.node_v4, port);
-        let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test-"));
         crate::ensure_bpffs();
-        let log = self.manifests.path().with_extension("agent.log");
+        let log = self.manifests.path().with_extension(unique("agent.log"));
         let logf = fs::File::create(&log).expect("agent log");
         let mut cmd = Command::new(agent_bin());
         cmd.args(["run", "--manifests"])

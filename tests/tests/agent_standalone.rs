@@ -243,3 +243,33 @@ fn metrics_are_served_in_prometheus_format() {
     );
     assert_eq!(agent.get("/nope").0, 404);
 }
+
+#[test]
+fn restart_reuses_pinned_state_without_a_gap() {
+    let Some(node) = node("restart_reuses_pinned_state_without_a_gap", 66, &["a", "b"]) else {
+        return;
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let mut first = node.start_agent(&[]);
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    first.stop();
+    // No agent: the pinned programs and maps keep enforcing.
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    let second = node.start_agent_at(&first.bpffs, &[]);
+    assert!(
+        second
+            .log_text()
+            .contains("restart: keeping the endpoint ids of 2 pods"),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    // The restarted agent still follows changes.
+    let before = second.reconciles();
+    node.remove_manifest("10-deny.yaml");
+    second.wait_reconciled(before, Duration::from_secs(5));
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 1000), "ok");
+    drop(second);
+    // Both agents shared one instance directory: the first one's drop uninstalls it (again).
+    drop(first);
+}

@@ -652,6 +652,24 @@ pub async fn run(opts: Options) -> Result<()> {
     for pod in &initial {
         rec.cgroups.add_pod(pod);
     }
+    // After a restart the pinned ENDPOINTS map tells which endpoint id each pod had.
+    let previous_ids: Vec<(String, u32)> = rec
+        .cgroups
+        .by_uid
+        .iter()
+        .filter_map(|(uid, ids)| {
+            ids.iter()
+                .find_map(|id| rec.current.endpoints.get(id))
+                .map(|ep| (uid.clone(), ep.id))
+        })
+        .collect();
+    if !previous_ids.is_empty() {
+        tracing::info!(
+            "restart: keeping the endpoint ids of {} pods",
+            previous_ids.len()
+        );
+    }
+    rec.compiler.seed_endpoint_ids(previous_ids);
 
     // The first complete state from the source.
     let first = loop {

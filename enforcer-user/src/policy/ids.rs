@@ -51,6 +51,19 @@ impl<K: Hash + Eq + Clone> IdTable<K> {
     }
 
     /// End the round: keys not asked for since the previous call are forgotten.
+    /// Make `key` get `id` when it is next asked for (numbers restored from an earlier run,
+    /// e.g. read back from pinned maps after an agent restart). Later allocations start past
+    /// the highest seeded number.
+    pub(super) fn seed(&mut self, key: K, id: u32) {
+        if id < self.first || id > self.last {
+            return;
+        }
+        self.previous.insert(key, id);
+        if id >= self.next && id < self.last {
+            self.next = id + 1;
+        }
+    }
+
     pub(super) fn finish_round(&mut self) {
         self.previous = std::mem::take(&mut self.current);
     }
@@ -86,6 +99,16 @@ impl<K: Hash + Eq + Clone> IdTable<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeded_numbers_are_reused_and_not_reallocated() {
+        let mut t = IdTable::new(1, 100);
+        t.seed("old", 7);
+        t.seed("out-of-range", 1000);
+        assert_eq!(t.id(&"new"), 8);
+        assert_eq!(t.id(&"old"), 7);
+        assert_eq!(t.id(&"out-of-range"), 9);
+    }
 
     #[test]
     fn stable_within_and_across_rounds() {

@@ -134,6 +134,15 @@ impl Compiler {
         }
     }
 
+    /// Reuse endpoint ids of an earlier run (pod uid -> id), e.g. read back from the pinned
+    /// ENDPOINTS map after an agent restart: conntrack entries are keyed by endpoint id, so
+    /// keeping them keeps established flows' replies flowing.
+    pub fn seed_endpoint_ids(&mut self, ids: impl IntoIterator<Item = (String, u32)>) {
+        for (uid, id) in ids {
+            self.endpoint_ids.seed(uid, id);
+        }
+    }
+
     /// The complete desired map state for `input`. Numbers of objects that no longer exist
     /// are forgotten (and not reused).
     pub fn compile(&mut self, input: &CompileInput) -> Desired {
