@@ -273,3 +273,24 @@ fn restart_reuses_pinned_state_without_a_gap() {
     // Both agents shared one instance directory: the first one's drop uninstalls it (again).
     drop(first);
 }
+
+#[test]
+fn network_audit_mode_reports_without_dropping() {
+    let Some(node) = node(
+        "network_audit_mode_reports_without_dropping",
+        67,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let agent = node.start_agent(&["--network-audit"]);
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 1000), "ok");
+    assert_eq!(node.probe("x/a", "x/b", "udp", 81, false, 1000), "ok");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = agent.log_text();
+    assert!(log.contains("audit egress tcp"), "{log}");
+    assert!(log.contains("by default-deny"), "{log}");
+    let m = agent.get("/metrics").1;
+    assert!(m.contains("verdict=\"audit\""), "{m}");
+}
