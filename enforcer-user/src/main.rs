@@ -8,7 +8,7 @@ use enforcer::agent::{self, GuardsMode, SourceKind, Unclassified};
 
 /// enforcer: Kubernetes NetworkPolicy and runtime guards, enforced in the kernel with eBPF.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "enforcer", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +34,8 @@ enum GuardsArg {
     Off,
 }
 
+// Parsed once at start-up: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Enforce NetworkPolicy and runtime guards for this node's pods: from a directory of
@@ -53,6 +55,11 @@ enum Command {
         /// programs attach (default: the cgroup2 mount).
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
+        /// Where the kubelet's pod cgroups are, relative to --cgroup-root, when the kubelet
+        /// runs with its own --cgroup-root (e.g. kind: kubelet.slice/kubelet-kubepods.slice).
+        /// Default: kubepods.slice or kubepods directly below --cgroup-root.
+        #[arg(long)]
+        kubepods: Option<PathBuf>,
         /// Serve /readyz, /healthz and /metrics here.
         #[arg(long)]
         health_addr: Option<SocketAddr>,
@@ -116,6 +123,7 @@ fn main() -> Result<()> {
             kubeconfig,
             node,
             cgroup_root,
+            kubepods,
             health_addr,
             bpffs,
             unclassified,
@@ -133,6 +141,7 @@ fn main() -> Result<()> {
                 },
                 node,
                 cgroup_root,
+                kubepods,
                 health_addr,
                 bpffs,
                 unclassified: match unclassified {

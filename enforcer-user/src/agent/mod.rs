@@ -74,6 +74,8 @@ pub struct Options {
     pub node: String,
     /// cgroup2 directory below which the kubelet layouts are looked up (default: the mount).
     pub cgroup_root: Option<PathBuf>,
+    /// The kubelet's pod cgroup root relative to `cgroup_root`, when not directly below it.
+    pub kubepods: Option<PathBuf>,
     pub health_addr: Option<SocketAddr>,
     /// This instance's bpffs directory.
     pub bpffs: PathBuf,
@@ -575,14 +577,18 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
 
-    let kubepods = match kubelet::find_kubepods(&cgroup_root) {
+    let rel = opts.kubepods.as_deref();
+    let kubepods = match kubelet::locate(&cgroup_root, rel) {
         Some(r) => r,
         None => {
             tracing::warn!(
-                "no kubepods cgroup (kubepods.slice or kubepods) below {} yet; waiting for the kubelet",
+                "no kubepods cgroup ({}) below {} yet; waiting for the kubelet",
+                rel.map_or("kubepods.slice or kubepods".to_string(), |r| r
+                    .display()
+                    .to_string()),
                 cgroup_root.display()
             );
-            kubelet::wait_for_kubepods(&cgroup_root, None).await?
+            kubelet::wait_for_kubepods(&cgroup_root, rel).await?
         }
     };
     tracing::info!(
@@ -681,6 +687,8 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     };
     rec.recompile(&first)?;
+    // Holding on to it would keep a second copy of the cluster model alive.
+    drop(first);
     rec.dp
         .attach_network(&kubepods.path)
         .context("attaching network programs")?;
@@ -709,10 +717,10 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             changed = snap_rx.changed() => {
                 if changed.is_err() {
-                    tracing::error!("the cluster state source stopped; keeping the last state");
-                    // Keep enforcing; only exit on a signal.
-                    let _ = term.recv().await;
-                    break;
+                    // The pinned programs keep enforcing the last state while the
+                    // DaemonSet (or whoever runs us) restarts the agent.
+                    health.ready.store(false, Ordering::Release);
+                    bail!("the cluster state source stopped; exiting so that the agent is restarted");
                 }
                 let snap = snap_rx.borrow_and_update().clone();
                 if let Some(snap) = snap {
