@@ -5,8 +5,11 @@
 //! test [--tier T]... [FILTER]     run test tiers: lint, unit, kernel, vm (default: all)
 //! demo [DIR]                      standalone enforcement on a simulated node (root)
 //! bench                           network datapath benchmarks, ratios vs a baseline (root)
+//! image                           static `enforcer` in an OCI image FROM scratch (buildah)
 //! ```
 
+mod deploy_check;
+mod image;
 mod setup;
 mod tiers;
 mod util;
@@ -16,7 +19,7 @@ use anyhow::{Result, bail};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]\n       cargo xtask demo [DIR]"
+        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]\n       cargo xtask demo [DIR]\n       cargo xtask image"
     );
     std::process::exit(2)
 }
@@ -29,6 +32,7 @@ fn main() -> Result<()> {
         "test" => test(&args[1..]),
         "demo" => demo(&args[1..]),
         "bench" => bench(),
+        "image" => image::image(&args[1..]),
         _ => usage(),
     }
 }

@@ -7,6 +7,8 @@
 //! - bpf-linker, built against LLVM 22 with `cargo install`.
 //! - The Debian kernel the VM tier boots, downloaded as a package and unpacked (not
 //!   installed), with an uncompressed vmlinux (booting it saves ~5 s per VM run).
+//! - For the deploy check (lint tier): a Python virtualenv with kubernetes-validate, and
+//!   shellcheck for the e2e scripts.
 
 use std::{
     fs,
@@ -16,7 +18,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{cache_dir, is_root, output, run};
+use crate::{
+    deploy_check,
+    util::{cache_dir, is_root, output, run},
+};
 
 /// Debian packages, and the minimum version where it matters.
 const PACKAGES: &[(&str, Option<&str>)] = &[
@@ -32,6 +37,8 @@ const PACKAGES: &[(&str, Option<&str>)] = &[
     ("kmod", None),
     ("procps", None),
     ("bpftool", None),
+    ("python3-venv", None),
+    ("shellcheck", None),
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -107,6 +114,9 @@ pub fn setup(check_only: bool) -> Result<()> {
     {
         todo.push("VM kernel (Debian linux-image, unpacked)".into());
     }
+    if !validate_venv_ok() {
+        todo.push("Python virtualenv for the deploy check (kubernetes-validate)".into());
+    }
     if todo.is_empty() {
         eprintln!("setup: everything is in place ({:.1?})", start.elapsed());
         return Ok(());
@@ -162,7 +172,36 @@ pub fn setup(check_only: bool) -> Result<()> {
     }
 
     ensure_vm_kernel()?;
+    ensure_validate_venv()?;
     eprintln!("setup: done in {:.1?}", start.elapsed());
+    Ok(())
+}
+
+/// The deploy check's virtualenv is ready when its marker lists today's requirements.
+fn validate_venv_ok() -> bool {
+    let marker = deploy_check::venv_dir().join("enforcer-requirements.txt");
+    deploy_check::venv_python().exists()
+        && fs::read_to_string(marker).is_ok_and(|s| s == deploy_check::REQUIREMENTS.join("\n"))
+}
+
+/// Create the virtualenv with Debian's Python (python3-venv) and install the pinned
+/// requirements from PyPI; the schemas ship inside kubernetes-validate.
+fn ensure_validate_venv() -> Result<()> {
+    if validate_venv_ok() {
+        return Ok(());
+    }
+    let dir = deploy_check::venv_dir();
+    let _ = fs::remove_dir_all(&dir);
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&dir))?;
+    run(Command::new(deploy_check::venv_python())
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(deploy_check::REQUIREMENTS))?;
+    fs::write(
+        dir.join("enforcer-requirements.txt"),
+        deploy_check::REQUIREMENTS.join("\n"),
+    )?;
     Ok(())
 }
 

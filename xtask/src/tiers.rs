@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the test tiers.
 //!
-//! - `lint`: rustfmt and clippy (`-D warnings`) on the workspace and on the eBPF crate.
+//! - `lint`: rustfmt and clippy (`-D warnings`) on the workspace and on the eBPF crate, and
+//!   the deploy check (`deploy_check`: the manifests under deploy/).
 //! - `unit`: pure Rust tests of every crate except the kernel suites; no privileges.
 //! - `kernel`: `enforcer-tests` suites (every `tests/tests/*.rs` not starting with `vm_`),
 //!   run as root on this machine's kernel, one test at a time (kernel state is shared).
@@ -155,6 +156,7 @@ pub fn lint() -> Result<Tally> {
             .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy"));
             c
         }),
+        ("deploy manifests", crate::deploy_check::command()),
     ];
     for (name, mut cmd) in checks {
         eprintln!("+ {}", display(&cmd));
