@@ -13,7 +13,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes. Pinned maps of another version are not reused.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 // ---------------------------------------------------------------------------------------
 // Configuration (Array map `CONFIG`, one entry)
@@ -293,7 +293,14 @@ pub const CNT_GUARD_DENY: u32 = 5;
 pub const CNT_GUARD_AUDIT: u32 = 6;
 /// `ARMED` was full (or otherwise refused an insert): a cgroup stayed unarmed.
 pub const CNT_ARM_ERRORS: u32 = 7;
-pub const CNT_MAX: u32 = 8;
+/// A task entering a pod cgroup from outside the pods was made exempt (`EXEMPT`).
+pub const CNT_EXEMPT_GRANTED: u32 = 8;
+/// A guard check (or an exec) passed because the task was exempt.
+pub const CNT_EXEMPT_PASSED: u32 = 9;
+/// A task storage operation on `EXEMPT` failed (an exemption not granted, or a mark that
+/// could not be removed and was zeroed instead).
+pub const CNT_EXEMPT_ERRORS: u32 = 10;
+pub const CNT_MAX: u32 = 11;
 
 // ---------------------------------------------------------------------------------------
 // Runtime guards: arming, settings, fallback syscall rules, kernel offsets
@@ -305,6 +312,39 @@ pub const CNT_MAX: u32 = 8;
 pub const ARM_EXEC: u32 = 1 << 0;
 /// Armed by the agent (containers that were running before the programs were attached).
 pub const ARM_AGENT: u32 = 1 << 1;
+
+/// How a task became exempt (`ExemptTask::via`): its leader was written into a pod
+/// cgroup's `cgroup.procs`/`cgroup.threads` by a task outside the pods (runc before 1.4,
+/// or systemd on its behalf).
+pub const EXEMPT_VIA_MIGRATION: u32 = 1;
+/// It was created into a pod cgroup with `clone3(CLONE_INTO_CGROUP)` by a parent outside
+/// the pods (runc 1.4+ `runc exec`).
+pub const EXEMPT_VIA_CLONE: u32 = 2;
+/// Bit of `ExemptTask::via`: the mark was inherited by fork from an exempt parent.
+pub const EXEMPT_INHERITED: u32 = 1 << 8;
+/// Execs an exemption lasts (`ExemptTask::remaining` when granted), per entry path. The
+/// exec that brings `remaining` to 0 is the workload's: it is checked by the exec-time
+/// guards and arms an unarmed cgroup, like the exec of a task that was never exempt.
+pub const EXEMPT_EXECS_MIGRATION: u32 = 1;
+/// Created into the cgroup: the first exec is the runtime's own binary (`runc init`),
+/// the second the workload's.
+pub const EXEMPT_EXECS_CLONE: u32 = 2;
+
+/// A container runtime task doing its work inside a pod cgroup (task local storage map
+/// `EXEMPT`, one value per task, key: the task; user space looks it up with a pidfd).
+/// See `enforcer-ebpf/src/guards/exempt.rs` for who gets one and when it ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExemptTask {
+    /// The cgroup the task entered. The mark only counts while the task is in it.
+    pub cgroup_id: u64,
+    /// Execs left. Non-exec guards skip the task while this is at least 1; an exec skips
+    /// the exec-time guards (and does not arm the cgroup) only while it is at least 2.
+    /// A stored mark is never 0 unless its removal failed (then it counts as absent).
+    pub remaining: u32,
+    /// `EXEMPT_VIA_*`, with `EXEMPT_INHERITED`.
+    pub via: u32,
+}
 
 /// Guard settings (Array map `GUARD_CONFIG`, one entry), written when guards are attached.
 #[repr(C)]
@@ -492,6 +532,7 @@ assert_size!(GuardEvent, 120);
 assert_size!(GuardConfig, 8);
 assert_size!(SyscallRule, 16);
 assert_size!(KernelOffsets, 136);
+assert_size!(ExemptTask, 16);
 
 #[cfg(feature = "user")]
 mod user {
@@ -521,6 +562,8 @@ mod user {
     unsafe impl aya::Pod for SyscallRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ExemptTask {}
 }
 
 /// Convert an IPv4 address (network order octets) to the IPv4-mapped form used in maps.

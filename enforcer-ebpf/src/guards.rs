@@ -2,11 +2,16 @@
 //!
 //! # Which tasks a guard applies to
 //!
-//! A guard applies to a task when both hold:
-//! 1. the task's **own cgroup is armed** (it has an entry in `ARMED`), and
+//! A guard applies to a task when all hold:
+//! 1. the task's **own cgroup is armed** (it has an entry in `ARMED`),
 //! 2. the cgroup resolves (see `endpoint`) to a pod whose `guards_enforce` or
 //!    `guards_audit` has the guard's bit, or, for a cgroup below the attach root that no
-//!    endpoint classifies yet, `Config::unclassified_guards` has it (enforced).
+//!    endpoint classifies yet, `Config::unclassified_guards` has it (enforced), and
+//! 3. the task is **not exempt**: a container runtime task that entered the pod's cgroup
+//!    from outside the pods (`runc init` of `kubectl exec`) is exempt until it execs the
+//!    workload (`guards/exempt.rs`). The cgroup programs (devices, sysctls, raw IP
+//!    sockets) cannot read the exemption on the kernels enforcer supports and rely on
+//!    arming alone.
 //!
 //! # Arming: why guards wait for the first exec
 //!
@@ -32,14 +37,14 @@
 //! - The exec that arms a cgroup is itself not checked (root-escalation, root-exec): it is
 //!   the runtime's exec of the entrypoint. Only later execs are.
 //! - Runtimes that start `exec` sessions (`kubectl exec`) inside the container's cgroup
-//!   *before* joining the container's namespaces find the cgroup already armed. runc
-//!   1.4.0 and later start `runc exec`'s `runc init` with `clone3(CLONE_INTO_CGROUP)`: its
-//!   exec of the runc binary by root is then a root exec (root-exec denies it) and its
-//!   `setns()` calls need CAP_SYS_ADMIN (dangerous-capabilities denies them), so
-//!   `kubectl exec` into pods with those guards enforced fails. runc < 1.4 joins the
-//!   cgroup after `setns()` and is not affected. A fix needs an exemption that an
-//!   attacker inside the pod cannot obtain, e.g. for tasks forked into the cgroup from
-//!   outside it, until their second exec (the first is the runtime's own binary).
+//!   *before* joining the container's namespaces find the cgroup already armed: runc
+//!   1.4.0 and later start `runc exec`'s `runc init` with `clone3(CLONE_INTO_CGROUP)`,
+//!   and its exec of the runc binary by root and its `setns()` calls would be root-exec
+//!   and dangerous-capabilities hits. Such tasks are exempt (`exempt.rs`): created into a
+//!   pod cgroup by a parent outside the pods, they stay unguarded until their second exec
+//!   (the first is the runtime's own binary); that exec, the workload's, is checked. The
+//!   same mechanism keeps a runtime that creates a container this way from arming the
+//!   fresh cgroup with the exec of its own binary.
 //! - Programs are attached once, at the pods' cgroup root (cgroup programs) or globally
 //!   (LSM, tracepoints); a cgroup outside that root is never guarded.
 
@@ -55,6 +60,7 @@ use crate::{
 };
 
 mod cgroup;
+mod exempt;
 mod fallback;
 mod lsm;
 
@@ -157,10 +163,37 @@ impl Subject {
     }
 }
 
-/// The current task, if its cgroup is armed and resolves to guards. The `ARMED` lookup
+/// The current task, if its cgroup is armed, resolves to guards, and the task is not
+/// exempt (`exempt.rs`): what every LSM and tracing guard program asks. The `ARMED` lookup
 /// comes first: it is the cheap rejection of every task that is not in a pod.
 #[inline(always)]
 pub fn subject() -> Option<Subject> {
+    let s = subject_armed()?;
+    if exempt::current_is_exempt(s.cgid, 1) {
+        count(CNT_EXEMPT_PASSED);
+        return None;
+    }
+    Some(s)
+}
+
+/// [`subject`] for checks of an exec itself (the LSM tier's `bprm_creds_from_file`): an
+/// exempt task's exec is exempt only while it is not the last exec of its exemption, the
+/// workload's exec (see `exempt.rs`).
+#[inline(always)]
+pub fn subject_exec() -> Option<Subject> {
+    let s = subject_armed()?;
+    if exempt::current_is_exempt(s.cgid, 2) {
+        count(CNT_EXEMPT_PASSED);
+        return None;
+    }
+    Some(s)
+}
+
+/// The current task, if its cgroup is armed and resolves to guards, exempt or not: for the
+/// cgroup programs (device, sysctl, sock_create), which cannot read task storage on the
+/// kernels enforcer supports (see `exempt.rs`) and so rely on arming alone.
+#[inline(always)]
+pub fn subject_armed() -> Option<Subject> {
     // SAFETY: helper without arguments.
     let cgid = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: only the presence of the entry is used.

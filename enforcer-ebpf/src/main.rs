@@ -13,6 +13,7 @@ mod endpoint;
 mod guards;
 mod maps;
 mod net;
+mod task_storage;
 
 #[cfg(not(test))]
 #[panic_handler]

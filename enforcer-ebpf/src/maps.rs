@@ -2,13 +2,15 @@
 //! name, and the `abi` test checks their key and value sizes against enforcer-common.
 
 use aya_ebpf::{
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    Config, CtKey, CtValue, Endpoint, GuardConfig, IpInfo, IpKey, PolicyKey, PolicyValue,
-    SyscallRule, CNT_MAX, SYSCALL_RULES_MAX,
+    Config, CtKey, CtValue, Endpoint, ExemptTask, GuardConfig, IpInfo, IpKey, PolicyKey,
+    PolicyValue, SyscallRule, CNT_MAX, SYSCALL_RULES_MAX,
 };
+
+use crate::task_storage::TaskStorage;
 
 /// Global settings, one entry.
 #[map]
@@ -42,6 +44,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0
 /// `guards.rs` for why guards wait for the first exec).
 #[map]
 pub static ARMED: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// task -> exemption: container runtime tasks that entered a pod cgroup from outside the
+/// pods and have not yet reached the workload's exec (see `guards/exempt.rs`). A BTF map
+/// (local storage maps must be), in the `.maps` section.
+#[btf_map]
+pub static EXEMPT: TaskStorage<ExemptTask> = TaskStorage::new();
 
 /// Guard settings, one entry.
 #[map]

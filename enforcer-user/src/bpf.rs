@@ -13,9 +13,11 @@
 //! Runtime guards (see [`crate::guards`]): [`Datapath::probe_guard_tier`],
 //! [`Datapath::attach_guards`], [`Datapath::detach_guards`], and the arming functions
 //! [`Datapath::arm_cgroup`], [`Datapath::disarm_cgroup`], [`Datapath::arm_running_below`],
-//! [`Datapath::armed_cgroups`]. [`Datapath::load`] resolves the kernel struct offsets the
-//! guard programs need from `/sys/kernel/btf/vmlinux` and writes them into the object's
-//! read-only global `GUARD_OFFSETS` before loading it.
+//! [`Datapath::armed_cgroups`]; [`Datapath::exemption`] reads a task's exemption (the
+//! `EXEMPT` task storage map, see `enforcer-ebpf/src/guards/exempt.rs`).
+//! [`Datapath::load`] resolves the kernel struct offsets the guard programs need from
+//! `/sys/kernel/btf/vmlinux` and writes them into the object's read-only global
+//! `GUARD_OFFSETS` before loading it.
 
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap},
@@ -34,14 +36,14 @@ use aya::{
     },
 };
 use enforcer_common::{
-    ABI_VERSION, ARM_AGENT, Config, CtKey, CtValue, Endpoint, GuardConfig, IpInfo, IpKey,
-    PolicyKey, PolicyValue, SYSCALL_RULES_MAX, SyscallRule,
+    ABI_VERSION, ARM_AGENT, Config, CtKey, CtValue, Endpoint, ExemptTask, GuardConfig, IpInfo,
+    IpKey, PolicyKey, PolicyValue, SYSCALL_RULES_MAX, SyscallRule,
 };
 use thiserror::Error;
 
 use crate::guards::{
-    self, EXEC_PROGRAM, GuardProgram, GuardSupport, LSM_PROBE_PROGRAM, ProgKind, ResolvedOffsets,
-    Tier, TierProbe,
+    self, EXEC_PROGRAM, EXEMPTION_PROGRAMS, GuardProgram, GuardSupport, LSM_PROBE_PROGRAM,
+    ProgKind, ResolvedOffsets, Tier, TierProbe,
 };
 
 /// The compiled `enforcer-ebpf` object.
@@ -60,6 +62,8 @@ pub mod map_names {
     pub const GUARD_CONFIG: &str = "GUARD_CONFIG";
     pub const SYSCALL_RULES: &str = "SYSCALL_RULES";
     pub const SYSCALL_RULES_COMPAT: &str = "SYSCALL_RULES_COMPAT";
+    /// Task local storage (BTF-defined, `.maps` section): exempt runtime tasks.
+    pub const EXEMPT: &str = "EXEMPT";
     /// Maps that carry state across agent restarts, pinned when a pin directory is set.
     pub const PINNED: &[&str] = &[
         CONFIG,
@@ -73,6 +77,7 @@ pub mod map_names {
         GUARD_CONFIG,
         SYSCALL_RULES,
         SYSCALL_RULES_COMPAT,
+        EXEMPT,
     ];
 }
 
@@ -175,9 +180,9 @@ pub struct Datapath {
     /// Attachments held by this process when not pinned.
     links: Vec<FdLink>,
     /// Guard attachments held by this process when not pinned (dropped by
-    /// `detach_guards`).
-    guard_links: Vec<FdLink>,
-    raw_guard_links: Vec<OwnedFd>,
+    /// `detach_guards`), by program.
+    guard_links: Vec<(&'static str, FdLink)>,
+    raw_guard_links: Vec<(&'static str, OwnedFd)>,
     /// Guard programs attached (pinned or held).
     guards_attached: BTreeSet<&'static str>,
     /// Kernel struct offsets written into `GUARD_OFFSETS`.
@@ -194,6 +199,10 @@ pub struct GuardsAttached {
     pub support: Vec<GuardSupport>,
     /// Programs attached.
     pub programs: Vec<&'static str>,
+    /// Whether container runtime tasks can be exempted (`guards::exemption_available`):
+    /// false when the kernel offsets it needs are missing, in which case `kubectl exec`
+    /// into pods with root-exec or dangerous-capabilities enforced fails with runc 1.4+.
+    pub exemption: bool,
 }
 
 impl Datapath {
@@ -206,6 +215,9 @@ impl Datapath {
         raise_memlock();
         let pin_dir = instance_dir.map(|d| d.join(format!("v{ABI_VERSION}")));
         let mut loader = EbpfLoader::new();
+        // aya 0.14 creates the task storage map `EXEMPT` (from its BTF definition) but has
+        // no typed wrapper for it: without this the load fails with "unsupported map".
+        loader.allow_unsupported_maps();
         let mut paths = StdHashMap::new();
         if let Some(dir) = &pin_dir {
             let maps = dir.join("maps");
@@ -295,6 +307,9 @@ impl Datapath {
     /// and the exec tracepoint that arms cgroups (no guard applies to an unarmed cgroup).
     pub fn attach_lsm(&mut self, only: &[&str]) -> Result<(), BpfError> {
         let btf = Btf::from_sys_fs().map_err(BpfError::Btf)?;
+        for p in EXEMPTION_PROGRAMS {
+            self.attach_guard_program(p, None, &btf)?;
+        }
         self.attach_guard_program(&EXEC_PROGRAM, None, &btf)?;
         for p in guards::LSM_PROGRAMS {
             if !only.is_empty() && !only.contains(&p.name) {
@@ -309,7 +324,7 @@ impl Datapath {
     fn keep_guard(&mut self, program: &'static str, link: FdLink) -> Result<(), BpfError> {
         match &self.pin_dir {
             Some(_) => self.keep(program, link)?,
-            None => self.guard_links.push(link),
+            None => self.guard_links.push((program, link)),
         }
         self.guards_attached.insert(program);
         Ok(())
@@ -328,7 +343,7 @@ impl Datapath {
                     source,
                 })?;
             }
-            None => self.raw_guard_links.push(fd),
+            None => self.raw_guard_links.push((program, fd)),
         }
         self.guards_attached.insert(program);
         Ok(())
@@ -464,12 +479,13 @@ impl Datapath {
         result
     }
 
-    /// Attach the guard programs of `tier`: the exec tracepoint (arming), the cgroup
-    /// programs at `cgroup` (the pods' cgroup root, the same as the network programs),
-    /// and the tier's LSM or fallback programs; write `GUARD_CONFIG` and, for the fallback,
-    /// the syscall rules. Programs whose every guard is unavailable on this kernel (kernel
-    /// offsets missing) are not attached; the result says which guards are enforced and
-    /// why the others are not. Idempotent.
+    /// Attach the guard programs of `tier`: the exemption tracepoints (fork, cgroup
+    /// migration) and the exec tracepoint (arming), the cgroup programs at `cgroup` (the
+    /// pods' cgroup root, the same as the network programs), and the tier's LSM or fallback
+    /// programs; write `GUARD_CONFIG` and, for the fallback, the syscall rules. Programs
+    /// whose every guard is unavailable on this kernel (kernel offsets missing) are not
+    /// attached; the result says which guards are enforced and why the others are not.
+    /// Idempotent.
     pub fn attach_guards(&mut self, cgroup: &Path, tier: Tier) -> Result<GuardsAttached, BpfError> {
         let btf = Btf::from_sys_fs().map_err(BpfError::Btf)?;
         let support = guards::support(tier, &self.offsets);
@@ -480,6 +496,11 @@ impl Datapath {
         })?;
         if tier == Tier::Fallback {
             self.write_syscall_rules(available)?;
+        }
+        // The exemption programs first, so that no runtime task enters a pod unmarked
+        // while guard programs are already attached.
+        for p in EXEMPTION_PROGRAMS {
+            self.attach_guard_program(p, None, &btf)?;
         }
         self.attach_guard_program(&EXEC_PROGRAM, None, &btf)?;
         for p in guards::programs(tier) {
@@ -493,7 +514,26 @@ impl Datapath {
             available,
             support,
             programs: self.guards_attached.iter().copied().collect(),
+            exemption: guards::exemption_available(&self.offsets),
         })
+    }
+
+    /// Detach one guard program this process attached (and unpin it). Returns whether it
+    /// was attached. For measurements and tests: guards stay consistent only with the
+    /// whole set attached.
+    pub fn detach_guard_program(&mut self, program: &str) -> Result<bool, BpfError> {
+        let Some(name) = self.guards_attached.iter().copied().find(|n| *n == program) else {
+            return Ok(false);
+        };
+        self.guard_links.retain(|(n, _)| *n != name);
+        self.raw_guard_links.retain(|(n, _)| *n != name);
+        if let Some(dir) = &self.pin_dir
+            && let Ok(link) = PinnedLink::from_pin(dir.join("links").join(name))
+        {
+            let _ = link.unpin();
+        }
+        self.guards_attached.remove(name);
+        Ok(true)
     }
 
     /// Detach every guard program this process attached (and unpin pinned ones). The
@@ -579,10 +619,43 @@ impl Datapath {
             .map_err(map_err(map_names::ARMED))
     }
 
+    /// The exemption of the process `pid` (its thread-group leader), if it has one: the
+    /// `EXEMPT` task storage map, looked up with a pidfd as the key (the kernel's interface
+    /// to task storage from user space: a pidfd names a task, not a reusable number).
+    /// `Ok(None)` if the task has no mark; an error if it does not exist.
+    pub fn exemption(&mut self, pid: u32) -> Result<Option<ExemptTask>, BpfError> {
+        let map = self
+            .ebpf
+            .map(map_names::EXEMPT)
+            .ok_or_else(|| BpfError::Map {
+                map: map_names::EXEMPT.into(),
+                source: Box::new(MapError::InvalidName {
+                    name: map_names::EXEMPT.into(),
+                }),
+            })?;
+        let aya::maps::Map::Unsupported(data) = map else {
+            unreachable!("aya 0.14 has no type for task storage maps")
+        };
+        let path = PathBuf::from(format!("/proc/{pid}"));
+        let pidfd = raw_link::pidfd_open(pid).map_err(io_err(&path))?;
+        raw_link::task_storage_lookup(data.fd().as_fd(), pidfd.as_fd()).map_err(|io_error| {
+            BpfError::Map {
+                map: map_names::EXEMPT.into(),
+                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_elem",
+                    io_error,
+                })),
+            }
+        })
+    }
+
     /// Arm every cgroup below `root` (not `root` itself) that has processes now, except
-    /// those where a container runtime is still setting a container up (a process named
-    /// `runc:[...]` or `crun`): for the agent's start-up, when containers were started
-    /// before the exec tracepoint was attached. Returns the cgroups armed.
+    /// those where a container runtime is still setting a container up (every process is
+    /// named `runc:[...]` or `crun`): for the agent's start-up, when containers were
+    /// started before the exec tracepoint was attached. A runtime process next to others
+    /// is an exec session (`kubectl exec`) in a running container, which is armed: a
+    /// runtime task that entered after the exemption programs were attached is exempt
+    /// (see `enforcer-ebpf/src/guards/exempt.rs`). Returns the cgroups armed.
     pub fn arm_running_below(&mut self, root: &Path) -> Result<Vec<PathBuf>, BpfError> {
         let mut armed = Vec::new();
         let mut stack = vec![root.to_path_buf()];
@@ -604,7 +677,7 @@ impl Datapath {
             if pids.is_empty() {
                 continue;
             }
-            let in_setup = pids.iter().any(|pid| {
+            let in_setup = pids.iter().all(|pid| {
                 let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 comm.starts_with("runc:") || comm.trim() == "crun"
             });
@@ -686,6 +759,19 @@ impl Datapath {
                 }),
             })?;
         aya::maps::RingBuf::try_from(map).map_err(map_err(map_names::EVENTS))
+    }
+
+    /// How often a loaded program ran and for how long in total (the kernel counts only
+    /// while `kernel.bpf_stats_enabled` is 1).
+    pub fn program_run_stats(&self, program: &str) -> Result<(u64, std::time::Duration), BpfError> {
+        let prog = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| BpfError::MissingProgram {
+                program: program.into(),
+            })?;
+        let info = prog.info().map_err(|e| load_err(program, e))?;
+        Ok((info.run_count(), info.run_time()))
     }
 
     /// Sum of a per-CPU counter (`CNT_*`).
@@ -845,8 +931,9 @@ pub fn lpm_key<K: aya::Pod>(prefix_len: u32, data: K) -> Key<K> {
     Key::new(prefix_len, data)
 }
 
-/// bpf_link creation and pinning by raw bpf(2) calls, for link types aya 0.14 cannot
-/// convert to `FdLink` (cgroup device and sysctl).
+/// Raw bpf(2) calls for what aya 0.14 cannot do: bpf_link creation and pinning for link
+/// types it cannot convert to `FdLink` (cgroup device and sysctl), and lookups in a task
+/// storage map (keyed by pidfd).
 mod raw_link {
     use std::{
         ffi::CString,
@@ -858,6 +945,7 @@ mod raw_link {
         path::Path,
     };
 
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
     const BPF_OBJ_PIN: libc::c_long = 6;
     const BPF_LINK_CREATE: libc::c_long = 28;
 
@@ -903,6 +991,37 @@ mod raw_link {
         attr[0] = c.as_ptr() as u64;
         attr[1] = fd.as_raw_fd() as u32 as u64;
         bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+    }
+
+    /// `pidfd_open(pid, 0)`.
+    pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+        // SAFETY: plain syscall with scalar arguments.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// `BPF_MAP_LOOKUP_ELEM` in a task storage map whose key is a pidfd. `Ok(None)`:
+    /// the task has no value.
+    pub fn task_storage_lookup(
+        map: BorrowedFd<'_>,
+        pidfd: BorrowedFd<'_>,
+    ) -> io::Result<Option<super::ExemptTask>> {
+        let key: i32 = pidfd.as_raw_fd();
+        let mut value = super::ExemptTask::default();
+        let mut attr = [0u64; 8];
+        // map_elem: __u32 map_fd, (pad), __aligned_u64 key, __aligned_u64 value, __u64 flags.
+        attr[0] = map.as_raw_fd() as u32 as u64;
+        attr[1] = &key as *const i32 as u64;
+        attr[2] = &mut value as *mut super::ExemptTask as u64;
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(_) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -963,6 +1082,8 @@ mod abi {
                 u32s,
                 size_of::<SyscallRule>() as u32,
             ),
+            // Task storage: the key is an int (a pidfd from user space).
+            (map_names::EXEMPT, u32s, size_of::<ExemptTask>() as u32),
             // The read-only globals: GUARD_OFFSETS is the whole of .rodata.
             (".rodata", u32s, size_of::<KernelOffsets>() as u32),
         ];
@@ -997,5 +1118,50 @@ mod abi {
         // Events are written into the ring buffer as these records.
         assert_eq!(size_of::<GuardEvent>(), 120);
         assert_eq!(size_of::<NetEvent>(), 64);
+    }
+
+    /// Kernels before 6.16 refuse the task storage helpers in cgroup programs (see
+    /// `enforcer-ebpf/src/guards/exempt.rs`): a cgroup program that calls one would fail to
+    /// load there, and only some of them are loaded in the VM tier's 6.1 kernel. Such
+    /// programs rely on arming (`subject_armed`), which this checks in the compiled code.
+    #[test]
+    fn cgroup_programs_do_not_use_task_storage() {
+        use aya_obj::ProgramSection as S;
+        if OBJECT.is_empty() {
+            eprintln!("SKIP: built with ENFORCER_SKIP_EBPF, no object to check");
+            return;
+        }
+        // bpf_task_storage_get, bpf_task_storage_delete, bpf_get_current_task_btf.
+        const HELPERS: [i32; 3] = [156, 157, 158];
+        const BPF_JMP_CALL: u8 = 0x85;
+        let obj = aya_obj::Object::parse(OBJECT).expect("parse object");
+        let mut checked = Vec::new();
+        for (name, prog) in &obj.programs {
+            let cgroup = matches!(
+                prog.section,
+                S::CgroupDevice
+                    | S::CgroupSysctl
+                    | S::CgroupSock { .. }
+                    | S::CgroupSkb { .. }
+                    | S::CgroupSockAddr { .. }
+            );
+            if !cgroup {
+                continue;
+            }
+            let f = &obj.functions[&prog.function_key()];
+            for (i, insn) in f.instructions.iter().enumerate() {
+                assert!(
+                    !(insn.code == BPF_JMP_CALL
+                        && insn.src_reg() == 0
+                        && HELPERS.contains(&insn.imm)),
+                    "cgroup program {name} calls helper {} (instruction {i})",
+                    insn.imm
+                );
+            }
+            checked.push(name.as_str());
+        }
+        for must in ["guard_device", "guard_sysctl", "guard_sock_create"] {
+            assert!(checked.contains(&must), "{must} not checked: {checked:?}");
+        }
     }
 }

@@ -71,6 +71,12 @@ pub fn report(instance: &Path) -> String {
                 };
                 let _ = writeln!(out, "  {:<24} {how}", s.name);
             }
+            let exemption = if crate::guards::exemption_available(dp.guard_offsets()) {
+                "available (runtime exec sessions exempt until their workload exec)"
+            } else {
+                "UNAVAILABLE (kernel BTF offsets missing; exec sessions are guarded)"
+            };
+            let _ = writeln!(out, "exemption:     {exemption}");
         }
         Err(e) => {
             let _ = writeln!(out, "guard tier:    cannot load the programs: {e}");

@@ -237,7 +237,10 @@ pub struct Place<'a> {
 }
 
 /// Configure `cmd` so that, before exec, the child joins `place`'s cgroup and netns. Joining
-/// before exec matters: the child is fully inside before it runs any test code.
+/// before exec matters: the child is fully inside before it runs any test code. The child
+/// moves *itself* into the cgroup, which never makes it exempt from guards (only a task
+/// outside the pods can grant that, see `enforcer-ebpf/src/guards/exempt.rs`): the probe
+/// it execs is the pod's workload. `exemption` has the runtime-like entries.
 pub fn place_command(cmd: &mut Command, place: Place<'_>) {
     let ns_fd = place.netns.map(|ns| {
         fs::File::open(ns.path()).unwrap_or_else(|e| panic!("open netns {}: {e}", ns.name))
@@ -310,6 +313,13 @@ pub struct Bg {
 
 impl Bg {
     pub fn spawn(place: Place<'_>, args: &[&str]) -> Self {
+        Self::spawn_ready(place, args).0
+    }
+
+    /// [`Bg::spawn`], also returning the pid of a `ready PID` line (what `sleep` prints):
+    /// the process that printed it, which need not be the one spawned
+    /// (`clone-into-cgroup DIR exec PROBE sleep MS` prints from the child).
+    pub fn spawn_ready(place: Place<'_>, args: &[&str]) -> (Self, Option<u32>) {
         let mut cmd = Command::new(probe_bin());
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         place_command(&mut cmd, place);
@@ -323,7 +333,8 @@ impl Bg {
             line.starts_with("ready"),
             "probe {args:?} did not start: {line:?}"
         );
-        Self { child }
+        let pid = line.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        (Self { child }, pid)
     }
 }
 
@@ -409,7 +420,9 @@ pub fn probe_run_as(place: Place<'_>, uid: u32, args: &[&str]) -> ProbeRun {
 
 /// A process that joins `cgroup` *without* exec'ing (a forked child of the test) and runs
 /// `op`, returning its result as exit status: what a container runtime does before it
-/// execs the entrypoint. `op` must only make async-signal-safe calls (raw syscalls).
+/// execs the entrypoint. It moves itself into the cgroup, so it is not exempt: in an armed
+/// cgroup it is guarded like the workload. `op` must only make async-signal-safe calls
+/// (raw syscalls).
 pub fn run_forked_in(cgroup: &Path, op: fn() -> i32) -> i32 {
     let procs = CString::new(cgroup.join("cgroup.procs").to_str().unwrap()).unwrap();
     // SAFETY: the child only makes raw syscalls (open/write/close, `op`) and _exits.
@@ -655,6 +668,21 @@ pub mod guard_pods {
             deny
         }
 
+        /// The exemption mark of process `pid` (`EXEMPT`), if any.
+        pub fn exemption(&mut self, pid: u32) -> Option<ExemptTask> {
+            self.dp.exemption(pid).expect("look up EXEMPT")
+        }
+
+        /// A container cgroup below the guarded pod, armed by an exec (as uid `UID`, so
+        /// that root-exec does not stop it) of a process that was never exempt.
+        pub fn armed_container(&mut self, name: &str) -> Cgroup {
+            let ctr = self.guarded.child(name);
+            let r = probe_run_as(at(&ctr), UID, &["whoami"]);
+            assert_eq!(r.code, Some(0), "arming exec in {name}: {r:?}");
+            assert!(self.is_armed(ctr.id()), "{name} armed by the exec");
+            ctr
+        }
+
         /// Is cgroup `id` in `ARMED`?
         pub fn is_armed(&mut self, id: u64) -> bool {
             self.dp
@@ -662,6 +690,149 @@ pub mod guard_pods {
                 .unwrap()
                 .iter()
                 .any(|(c, _)| *c == id)
+        }
+
+        /// The exemption's cost, in the same run: every guard program of the tier attached
+        /// with vs without the exemption tracepoints (`guard_fork`, `guard_cgroup_attach`;
+        /// without them no task is ever exempt, which is how guards behaved before the
+        /// exemption, save one task storage lookup per check on an armed pod task).
+        /// Measured: fork+_exit+wait and fork+exec+wait by a task outside the pods (root)
+        /// and by a pod workload (uid `UID`), and forks by an exempt task (each copies its
+        /// mark). Returns a report; asserts nothing about timing.
+        pub fn exemption_overhead(&mut self, rounds: usize, forks: u32, spawns: u32) -> String {
+            let ctr = self.armed_container("ctr-bench");
+            let dir = ctr.path.to_str().unwrap().to_string();
+            let bin = probe_bin().to_str().unwrap().to_string();
+            let (forks, spawns) = (forks.to_string(), spawns.to_string());
+            let num = |r: &ProbeRun, key: &str| -> f64 {
+                r.out
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in {r:?}"))
+            };
+            let names = [
+                "outside: fork us",
+                "outside: fork+exec us",
+                "pod (uid 1000): fork us",
+                "pod (uid 1000): fork+exec us",
+                "exempt task: fork us",
+            ];
+            let mut with: Vec<Vec<f64>> = Vec::new();
+            let mut without: Vec<Vec<f64>> = Vec::new();
+            for round in 0..rounds {
+                // Alternate the order: whatever runs first in a round pays for warming up.
+                let order = if round % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
+                for enabled in order {
+                    if enabled {
+                        self.dp.attach_guards(&self.root.path, self.tier).unwrap();
+                    } else {
+                        for prog in enforcer::guards::EXEMPTION_PROGRAMS {
+                            self.dp.detach_guard_program(prog.name).unwrap();
+                        }
+                    }
+                    let out = at(&self.outside);
+                    let pod = at(&self.guarded);
+                    let row = vec![
+                        num(&probe_run(out, &["bench-fork", &forks]), "fork_us="),
+                        num(
+                            &probe_run(out, &["bench-spawn", &spawns, &bin, "whoami"]),
+                            "spawn_us=",
+                        ),
+                        num(&probe_run_as(pod, UID, &["bench-fork", &forks]), "fork_us="),
+                        num(
+                            &probe_run_as(pod, UID, &["bench-spawn", &spawns, &bin, "whoami"]),
+                            "spawn_us=",
+                        ),
+                        num(
+                            &probe_run(out, &["clone-into-cgroup", &dir, "bench-fork", &forks]),
+                            "fork_us=",
+                        ),
+                    ];
+                    if enabled {
+                        with.push(row)
+                    } else {
+                        without.push(row)
+                    }
+                }
+            }
+            let med = |rows: &Vec<Vec<f64>>, i: usize| {
+                let mut c: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+                c.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                c[c.len() / 2]
+            };
+            let mut out = format!(
+                "exemption overhead, tier {} (median of {rounds} rounds; {forks} forks, \
+                 {spawns} spawns per round; guards attached in both columns):\n",
+                self.tier.name()
+            );
+            for (i, name) in names.iter().enumerate() {
+                let (a, b) = (med(&with, i), med(&without, i));
+                out.push_str(&format!(
+                    "  {name:<30} with {a:>9.2}  without {b:>9.2}  ratio {:.3}\n",
+                    a / b
+                ));
+            }
+            // The programs' own cost, from the kernel's run statistics (which cost time
+            // themselves, so they are on only for this last pass).
+            self.dp.attach_guards(&self.root.path, self.tier).unwrap();
+            const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+            let previous = fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+            fs::write(STATS, "1").expect("enable bpf stats");
+            let progs = ["guard_fork", "guard_exec", "guard_cgroup_attach"];
+            // (what, runs as uid UID in the guarded pod (else as root outside), args)
+            let phases: [(&str, bool, Vec<&str>); 5] = [
+                ("outside: forks", false, vec!["bench-fork", &forks]),
+                (
+                    "outside: fork+exec",
+                    false,
+                    vec!["bench-spawn", &spawns, &bin, "whoami"],
+                ),
+                (
+                    "pod: fork+exec",
+                    true,
+                    vec!["bench-spawn", &spawns, &bin, "whoami"],
+                ),
+                (
+                    "exempt task: forks",
+                    false,
+                    vec!["clone-into-cgroup", &dir, "bench-fork", &forks],
+                ),
+                (
+                    "migrations",
+                    false,
+                    vec!["migrate-into-cgroup", &dir, "bench-fork", "1"],
+                ),
+            ];
+            for (phase, in_pod, args) in &phases {
+                let before: Vec<_> = progs
+                    .iter()
+                    .map(|n| self.dp.program_run_stats(n).ok())
+                    .collect();
+                if *in_pod {
+                    probe_run_as(at(&self.guarded), UID, args);
+                } else {
+                    probe_run(at(&self.outside), args);
+                }
+                for (n, b) in progs.iter().zip(before) {
+                    let (Some((c0, t0)), Ok((c1, t1))) = (b, self.dp.program_run_stats(n)) else {
+                        continue;
+                    };
+                    let runs = c1.saturating_sub(c0);
+                    if runs > 0 {
+                        out.push_str(&format!(
+                            "  {phase:<20} program {n:<20} {runs:>6} runs, {:>6.0} ns per run\n",
+                            (t1 - t0).as_nanos() as f64 / runs as f64
+                        ));
+                    }
+                }
+            }
+            let _ = fs::write(STATS, previous.trim());
+            out
         }
 
         /// Guards on (every program of the tier attached) vs off (detached), in the same
@@ -726,5 +897,439 @@ pub mod guard_pods {
             }
             out
         }
+    }
+}
+
+/// The runtime exemption (`enforcer-ebpf/src/guards/exempt.rs`), exercised the same way in
+/// both tiers: real tasks entering real pod cgroups the way container runtimes do
+/// (`clone3(CLONE_INTO_CGROUP)` like runc >= 1.4, a write to `cgroup.procs` by the parent
+/// like runc < 1.4), then doing guarded operations before and after their execs. Each
+/// function takes a `GuardPods` whose guards include the ones it names.
+///
+/// A denied operation reads differently per tier: the LSM tier fails it with EPERM (the
+/// probe prints `eperm` and exits 2), the fallback tier kills the process (SIGKILL). The
+/// runs below report the entering child's end as `child exit:N` / `child signal:N`.
+pub mod exemption {
+    use enforcer::guards::Tier;
+    use enforcer_common::*;
+
+    use super::{
+        Bg, ProbeRun,
+        guard_pods::{GuardPods, UID, at},
+        probe_bin, probe_run,
+    };
+
+    /// The probe's output, one entry per line.
+    pub fn lines(r: &ProbeRun) -> Vec<String> {
+        r.out.lines().map(|l| l.trim().to_string()).collect()
+    }
+
+    /// What the last lines look like when an in-process operation of the entering child
+    /// (or of the program it exec'd) is denied.
+    pub fn denied(tier: Tier) -> Vec<String> {
+        match tier {
+            Tier::Lsm => vec!["eperm".into(), "child exit:2".into()],
+            Tier::Fallback => vec!["child signal:9".into()],
+        }
+    }
+
+    fn expect(r: &ProbeRun, want: &[String], what: &str) {
+        assert_eq!(lines(r), want, "{what}: {r:?}");
+    }
+
+    fn v(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    fn probe() -> String {
+        probe_bin().to_str().unwrap().to_string()
+    }
+
+    /// (1) `clone3(CLONE_INTO_CGROUP)` from outside the pods into an armed container: the
+    /// new task's operations are allowed, so are those of the runtime binary it execs
+    /// first; from its second exec (the workload's) on, they are denied. Needs
+    /// dangerous-capabilities and mount.
+    pub fn clone_path(p: &mut GuardPods, mountpoint: &str) {
+        let ctr = p.armed_container("ctr-clone");
+        let (probe, dir) = (probe(), ctr.path.to_str().unwrap().to_string());
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "clone-into-cgroup",
+                &dir,
+                "then",
+                "unshare",
+                "mnt",
+                "--",
+                &probe,
+                "then",
+                "mount-tmpfs",
+                mountpoint,
+                "--",
+                &probe,
+                "unshare",
+                "mnt",
+            ],
+        );
+        let mut want = v(&["ok", "ok"]);
+        want.extend(denied(p.tier));
+        expect(
+            &r,
+            &want,
+            "created into the cgroup: before exec, after the first, after the second",
+        );
+        let denies = p.events_of(ctr.id(), GUARD_DANGEROUS_CAPABILITIES, VERDICT_DENY);
+        assert_eq!(
+            denies.len(),
+            1,
+            "only the workload's unshare is denied: {denies:#?}"
+        );
+        let mounts = p.events_of(ctr.id(), GUARD_MOUNT, VERDICT_DENY);
+        assert!(
+            mounts.is_empty(),
+            "the exempt mount passed silently: {mounts:#?}"
+        );
+    }
+
+    /// (2) Migration: a child written into the armed container's cgroup.procs by its
+    /// parent outside the pods may operate until its exec; the exec'd workload may not.
+    /// Moving oneself, or being moved by a task inside the pods, exempts nothing. Needs
+    /// dangerous-capabilities.
+    pub fn migration_path(p: &mut GuardPods) {
+        let ctr = p.armed_container("ctr-migr");
+        let other = p.armed_container("ctr-other");
+        let (probe, dir) = (probe(), ctr.path.to_str().unwrap().to_string());
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "migrate-into-cgroup",
+                &dir,
+                "then",
+                "unshare",
+                "mnt",
+                "--",
+                &probe,
+                "unshare",
+                "mnt",
+            ],
+        );
+        let mut want = v(&["ok"]);
+        want.extend(denied(p.tier));
+        expect(&r, &want, "migrated by its parent: before exec, after");
+        let r = probe_run(
+            at(&p.outside),
+            &["migrate-into-cgroup", &dir, "--self", "unshare", "mnt"],
+        );
+        expect(&r, &denied(p.tier), "moved itself from outside");
+        // A workload process of `other` writes its child into `ctr`.
+        let r = probe_run(at(&other), &["migrate-into-cgroup", &dir, "unshare", "mnt"]);
+        expect(&r, &denied(p.tier), "moved by a task inside the pods");
+        // The harness itself (`place_command`) moves the probe before its exec: the probe
+        // is the workload, exempt from nothing.
+        let bg = Bg::spawn(at(&ctr), &["sleep", "60000"]);
+        assert_eq!(
+            p.exemption(bg.child.id()),
+            None,
+            "a self-moved process has no mark"
+        );
+    }
+
+    /// (3) A workload started inside the pod, and its forks, stay guarded while an exempt
+    /// runtime task shares their cgroup; its `CLONE_INTO_CGROUP` children get nothing.
+    /// Needs dangerous-capabilities.
+    pub fn workload_gets_nothing(p: &mut GuardPods) {
+        let ctr = p.armed_container("ctr-wl");
+        let other = p.armed_container("ctr-wl2");
+        let (probe, dir) = (probe(), ctr.path.to_str().unwrap().to_string());
+        // A runtime task after its first exec (`runc init`), parked in the container.
+        let (runtime, rt_pid) = Bg::spawn_ready(
+            at(&p.outside),
+            &["clone-into-cgroup", &dir, "exec", &probe, "sleep", "60000"],
+        );
+        let rt_pid = rt_pid.expect("pid of the parked runtime task");
+        assert_eq!(
+            p.exemption(rt_pid),
+            Some(ExemptTask {
+                cgroup_id: ctr.id(),
+                remaining: 1,
+                via: EXEMPT_VIA_CLONE,
+            }),
+            "the runtime task's mark after its first exec"
+        );
+        let r = probe_run(at(&ctr), &["in-child", "unshare", "mnt"]);
+        expect(&r, &denied(p.tier), "a fork of the workload");
+        let r = probe_run(
+            at(&ctr),
+            &[
+                "clone-into-cgroup",
+                other.path.to_str().unwrap(),
+                "unshare",
+                "mnt",
+            ],
+        );
+        expect(&r, &denied(p.tier), "CLONE_INTO_CGROUP by the workload");
+        let r = probe_run(at(&ctr), &["clone-into-cgroup", &dir, "unshare", "mnt"]);
+        expect(
+            &r,
+            &denied(p.tier),
+            "CLONE_INTO_CGROUP by the workload into its own cgroup",
+        );
+        let wl = Bg::spawn(at(&ctr), &["sleep", "60000"]);
+        assert_eq!(p.exemption(wl.child.id()), None, "the workload has no mark");
+        drop(runtime);
+    }
+
+    /// (4) A fork of an exempt task inherits its mark and count: before the runtime's
+    /// first exec both execs remain; after it, the fork's own exec is the workload's.
+    /// Needs dangerous-capabilities.
+    pub fn inheritance(p: &mut GuardPods) {
+        let ctr = p.armed_container("ctr-inh");
+        let (probe, dir) = (probe(), ctr.path.to_str().unwrap().to_string());
+        let r = probe_run(
+            at(&p.outside),
+            &["clone-into-cgroup", &dir, "in-child", "unshare", "mnt"],
+        );
+        expect(
+            &r,
+            &v(&["ok", "child exit:0", "child exit:0"]),
+            "fork of the new task",
+        );
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "clone-into-cgroup",
+                &dir,
+                "then",
+                "--",
+                &probe,
+                "in-child",
+                "then",
+                "unshare",
+                "mnt",
+                "--",
+                &probe,
+                "unshare",
+                "mnt",
+            ],
+        );
+        let mut want = v(&["ok"]);
+        want.extend(denied(p.tier));
+        want.push("child exit:0".into());
+        expect(
+            &r,
+            &want,
+            "fork after the runtime's exec: allowed, its exec ends it",
+        );
+        let (_parked, pid) = Bg::spawn_ready(
+            at(&p.outside),
+            &[
+                "clone-into-cgroup",
+                &dir,
+                "in-child",
+                "exec",
+                &probe,
+                "sleep",
+                "60000",
+            ],
+        );
+        let pid = pid.expect("pid of the parked fork");
+        assert_eq!(
+            p.exemption(pid),
+            Some(ExemptTask {
+                cgroup_id: ctr.id(),
+                remaining: 1,
+                via: EXEMPT_VIA_CLONE | EXEMPT_INHERITED,
+            }),
+            "an inherited mark after one exec"
+        );
+    }
+
+    /// (5) Under restricted (root-exec): the runtime's own exec as root passes, the
+    /// workload's exec as root does not, on both entry paths; a non-root workload exec
+    /// passes. `plain` is a copy of the probe. Needs root-escalation, root-exec and
+    /// dangerous-capabilities.
+    pub fn restricted(p: &mut GuardPods, plain: &str) {
+        let ctr = p.armed_container("ctr-rx");
+        let dir = ctr.path.to_str().unwrap().to_string();
+        let uid = UID.to_string();
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "clone-into-cgroup",
+                &dir,
+                "exec",
+                plain,
+                "then",
+                "unshare",
+                "mnt",
+                "--",
+                plain,
+                "whoami",
+            ],
+        );
+        let mut want = v(&["ok"]);
+        want.extend(denied(p.tier));
+        expect(
+            &r,
+            &want,
+            "created: runtime exec as root, then the workload's as root",
+        );
+        let e = p.assert_event(
+            ctr.id(),
+            GUARD_ROOT_EXEC,
+            VERDICT_DENY,
+            "workload exec as root",
+        );
+        assert_eq!(
+            enforcer::guards::detail_text(&e.detail),
+            plain,
+            "the denied binary"
+        );
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "clone-into-cgroup",
+                &dir,
+                "exec",
+                plain,
+                "as-user",
+                &uid,
+                "exec",
+                plain,
+                "whoami",
+            ],
+        );
+        let l = lines(&r);
+        assert!(
+            l[0].starts_with("uid=1000 euid=1000"),
+            "non-root workload exec: {r:?}"
+        );
+        assert_eq!(l[1..], v(&["child exit:0"]), "{r:?}");
+        let r = probe_run(
+            at(&p.outside),
+            &["migrate-into-cgroup", &dir, "exec", plain, "whoami"],
+        );
+        let want = match p.tier {
+            // The exec itself fails: `exec` prints its errno word.
+            Tier::Lsm => v(&["eperm", "child exit:2"]),
+            Tier::Fallback => v(&["child signal:9"]),
+        };
+        expect(&r, &want, "migrated: the workload's exec as root");
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "migrate-into-cgroup",
+                &dir,
+                "as-user",
+                &uid,
+                "exec",
+                plain,
+                "whoami",
+            ],
+        );
+        assert!(
+            lines(&r)[0].starts_with("uid=1000 euid=1000"),
+            "migrated, non-root: {r:?}"
+        );
+    }
+
+    /// The cgroup programs cannot read the exemption (see `exempt.rs`): in an armed
+    /// container an exempt task's sysctl write and host device open are denied (EPERM in
+    /// both tiers), and so is a raw IP socket in the fallback tier (cgroup/sock_create);
+    /// the LSM tier's socket_create hook lets the exempt task have it. `netns` is a network
+    /// namespace the test owns (its sysctl is the one written), `kmsg` a device node of
+    /// /dev/kmsg (1:11). Needs sysctl-write, host-devices and raw-sockets.
+    pub fn cgroup_programs(p: &mut GuardPods, netns: &super::Netns, kmsg: &str) {
+        let ctr = p.armed_container("ctr-cg");
+        let dir = ctr.path.to_str().unwrap().to_string();
+        let key = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+        let outside = super::Place {
+            netns: Some(netns),
+            cgroup: Some(&p.outside.path),
+        };
+        let cases: [(&[&str], &str); 3] = [
+            (&["write-file", key, "1000"], "eperm"),
+            (&["open", kmsg, "r"], "eperm"),
+            (
+                &["socket", "raw4"],
+                if p.tier == Tier::Lsm { "ok" } else { "eperm" },
+            ),
+        ];
+        for (op, want) in cases {
+            let mut args = vec!["clone-into-cgroup", dir.as_str()];
+            args.extend_from_slice(op);
+            let r = probe_run(outside, &args);
+            assert_eq!(lines(&r)[0], want, "exempt task: {op:?}: {r:?}");
+        }
+        p.assert_event(
+            ctr.id(),
+            GUARD_SYSCTL_WRITE,
+            VERDICT_DENY,
+            "exempt sysctl write",
+        );
+        p.assert_event(
+            ctr.id(),
+            GUARD_HOST_DEVICES,
+            VERDICT_DENY,
+            "exempt device open",
+        );
+    }
+
+    /// (6) Exempt execs do not arm a fresh container cgroup; the exec that ends the
+    /// exemption (the entrypoint's) does, and is not checked, as every arming exec. Needs
+    /// root-exec (to show the arming exec is not checked).
+    pub fn arming(p: &mut GuardPods) {
+        let probe = probe();
+        let fresh = p.guarded.child("ctr-fresh");
+        let dir = fresh.path.to_str().unwrap().to_string();
+        let r = probe_run(
+            at(&p.outside),
+            &["clone-into-cgroup", &dir, "exec", &probe, "whoami"],
+        );
+        assert_eq!(
+            lines(&r).last().map(String::as_str),
+            Some("child exit:0"),
+            "{r:?}"
+        );
+        assert!(
+            !p.is_armed(fresh.id()),
+            "the runtime's own exec does not arm"
+        );
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "clone-into-cgroup",
+                &dir,
+                "exec",
+                &probe,
+                "exec",
+                &probe,
+                "whoami",
+            ],
+        );
+        let l = lines(&r);
+        assert!(
+            l[0].starts_with("uid=0 euid=0"),
+            "the entrypoint's exec as root, unchecked: {r:?}"
+        );
+        assert!(p.is_armed(fresh.id()), "the entrypoint's exec arms");
+        let armed = p.dp.armed_cgroups().unwrap();
+        assert!(armed.contains(&(fresh.id(), ARM_EXEC)), "{armed:?}");
+        let fresh2 = p.guarded.child("ctr-fresh2");
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "migrate-into-cgroup",
+                fresh2.path.to_str().unwrap(),
+                "exec",
+                &probe,
+                "whoami",
+            ],
+        );
+        assert!(
+            lines(&r)[0].starts_with("uid=0 euid=0"),
+            "migrated, entrypoint exec: {r:?}"
+        );
+        assert!(p.is_armed(fresh2.id()), "the migrated task's exec arms");
     }
 }

@@ -15,6 +15,7 @@ use enforcer::{
 };
 use enforcer_common::*;
 use enforcer_tests::{
+    exemption,
     guard_pods::{GuardPods, UID, at},
     *,
 };
@@ -567,6 +568,134 @@ fn fallback_overhead() {
         return;
     };
     let report = p.overhead(5, 500_000, 300);
+    eprintln!("{report}");
+    println!("{report}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Runtime exemption (enforcer-ebpf/src/guards/exempt.rs): the scenarios live in
+// `enforcer_tests::exemption`, shared with the LSM tier.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn fallback_exempt_clone_into_cgroup_until_second_exec() {
+    let Some(mut p) = pods(
+        "fallback_exempt_clone_into_cgroup_until_second_exec",
+        GUARD_DANGEROUS_CAPABILITIES | GUARD_MOUNT,
+    ) else {
+        return;
+    };
+    let dir = TmpMount::new("enf-xm");
+    let target = dir.path.join("m");
+    fs::create_dir(&target).unwrap();
+    exemption::clone_path(&mut p, target.to_str().unwrap());
+}
+
+#[test]
+fn fallback_exempt_migration_until_exec() {
+    let Some(mut p) = pods(
+        "fallback_exempt_migration_until_exec",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::migration_path(&mut p);
+}
+
+#[test]
+fn fallback_exempt_nothing_for_the_workload() {
+    let Some(mut p) = pods(
+        "fallback_exempt_nothing_for_the_workload",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::workload_gets_nothing(&mut p);
+}
+
+#[test]
+fn fallback_exempt_inherited_by_forks() {
+    let Some(mut p) = pods(
+        "fallback_exempt_inherited_by_forks",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::inheritance(&mut p);
+}
+
+#[test]
+fn fallback_exempt_restricted_workload_exec_as_root_killed() {
+    let Some(mut p) = pods(
+        "fallback_exempt_restricted_workload_exec_as_root_killed",
+        GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC | GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    let dir = TmpMount::new("enf-xr");
+    let (_, plain) = binaries(&dir);
+    exemption::restricted(&mut p, &plain);
+}
+
+#[test]
+fn fallback_exempt_execs_do_not_arm() {
+    let Some(mut p) = pods(
+        "fallback_exempt_execs_do_not_arm",
+        GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC,
+    ) else {
+        return;
+    };
+    exemption::arming(&mut p);
+}
+
+#[test]
+fn fallback_exempt_cgroup_programs_rely_on_arming() {
+    let Some(mut p) = pods(
+        "fallback_exempt_cgroup_programs_rely_on_arming",
+        GUARD_SYSCTL_WRITE | GUARD_HOST_DEVICES | GUARD_RAW_SOCKETS,
+    ) else {
+        return;
+    };
+    let ns = Netns::new("kgx");
+    let dir = TmpMount::new("enf-xd");
+    let kmsg = dir.path.join("kmsg");
+    mknod_char(&kmsg, 1, 11);
+    exemption::cgroup_programs(&mut p, &ns, kmsg.to_str().unwrap());
+}
+
+#[test]
+fn fallback_agent_arming_skips_only_containers_in_set_up() {
+    let test = "fallback_agent_arming_skips_only_containers_in_set_up";
+    let Some(mut p) = pods(test, GUARD_SYSCTL_WRITE) else {
+        return;
+    };
+    // Started before the agent: a container still being set up (only the runtime's
+    // process is in it), and a running one with an exec session in progress.
+    let creating = p.guarded.child("ctr-creating");
+    let running = p.guarded.child("ctr-running");
+    let _init = Bg::spawn(at(&creating), &["comm", "runc:[2:INIT]", "sleep", "60000"]);
+    let _workload = Bg::spawn(at(&running), &["sleep", "60000"]);
+    let _session = Bg::spawn(at(&running), &["comm", "runc:[2:INIT]", "sleep", "60000"]);
+    for c in [&creating, &running] {
+        p.dp.disarm_cgroup(c.id()).unwrap();
+    }
+    let armed = p.dp.arm_running_below(&p.root.path).unwrap();
+    assert!(
+        !armed.contains(&creating.path),
+        "a container in set-up stays unarmed: {armed:?}"
+    );
+    assert!(
+        armed.contains(&running.path),
+        "a running container with an exec session is armed: {armed:?}"
+    );
+}
+
+#[test]
+fn fallback_exemption_overhead() {
+    let Some(mut p) = pods("fallback_exemption_overhead", GUARD_ALL) else {
+        return;
+    };
+    let report = p.exemption_overhead(7, 5000, 300);
     eprintln!("{report}");
     println!("{report}");
 }

@@ -16,6 +16,7 @@ use enforcer::{
 };
 use enforcer_common::*;
 use enforcer_tests::{
+    exemption,
     guard_pods::{GuardPods, UID, at},
     *,
 };
@@ -566,6 +567,107 @@ fn lsm_overhead() {
         return;
     };
     let report = p.overhead(5, 50_000, 40);
+    eprintln!("{report}");
+    println!("{report}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Runtime exemption (enforcer-ebpf/src/guards/exempt.rs): the scenarios live in
+// `enforcer_tests::exemption`, shared with the fallback tier.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn lsm_exempt_clone_into_cgroup_until_second_exec() {
+    let Some(mut p) = pods(
+        "lsm_exempt_clone_into_cgroup_until_second_exec",
+        GUARD_DANGEROUS_CAPABILITIES | GUARD_MOUNT,
+    ) else {
+        return;
+    };
+    let dir = TmpMount::new("enf-xm");
+    let target = dir.path.join("m");
+    fs::create_dir(&target).unwrap();
+    exemption::clone_path(&mut p, target.to_str().unwrap());
+}
+
+#[test]
+fn lsm_exempt_migration_until_exec() {
+    let Some(mut p) = pods(
+        "lsm_exempt_migration_until_exec",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::migration_path(&mut p);
+}
+
+#[test]
+fn lsm_exempt_nothing_for_the_workload() {
+    let Some(mut p) = pods(
+        "lsm_exempt_nothing_for_the_workload",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::workload_gets_nothing(&mut p);
+}
+
+#[test]
+fn lsm_exempt_inherited_by_forks() {
+    let Some(mut p) = pods(
+        "lsm_exempt_inherited_by_forks",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::inheritance(&mut p);
+}
+
+#[test]
+fn lsm_exempt_restricted_workload_exec_as_root_denied() {
+    let Some(mut p) = pods(
+        "lsm_exempt_restricted_workload_exec_as_root_denied",
+        GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC | GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    let dir = TmpMount::new("enf-xr");
+    let (_, _, plain) = binaries(&dir);
+    exemption::restricted(&mut p, &plain);
+}
+
+#[test]
+fn lsm_exempt_execs_do_not_arm() {
+    let Some(mut p) = pods(
+        "lsm_exempt_execs_do_not_arm",
+        GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC,
+    ) else {
+        return;
+    };
+    exemption::arming(&mut p);
+}
+
+#[test]
+fn lsm_exempt_cgroup_programs_rely_on_arming() {
+    let Some(mut p) = pods(
+        "lsm_exempt_cgroup_programs_rely_on_arming",
+        GUARD_SYSCTL_WRITE | GUARD_HOST_DEVICES | GUARD_RAW_SOCKETS,
+    ) else {
+        return;
+    };
+    let ns = Netns::new("vgx");
+    let dir = TmpMount::new("enf-xd");
+    let kmsg = dir.path.join("kmsg");
+    mknod(&kmsg, libc::S_IFCHR, 1, 11);
+    exemption::cgroup_programs(&mut p, &ns, kmsg.to_str().unwrap());
+}
+
+#[test]
+fn lsm_exemption_overhead() {
+    let Some(mut p) = pods("lsm_exemption_overhead", GUARD_ALL) else {
+        return;
+    };
+    let report = p.exemption_overhead(3, 300, 30);
     eprintln!("{report}");
     println!("{report}");
 }

@@ -8,6 +8,10 @@
 //! context fields (no struct offsets); and, attached at the pods' cgroup root, it runs only
 //! for tasks in pods instead of on every file open of the node. What it does not see: a
 //! device fd opened before arming (by the runtime) or received over a unix socket.
+//!
+//! The device and sysctl programs rely on arming alone: they cannot read the runtime
+//! exemption (`exempt.rs` says why), so an exempt task in an armed cgroup is denied like
+//! any other. The exec tracepoint honours it.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -18,7 +22,8 @@ use aya_ebpf::{
 use enforcer_common::*;
 
 use super::{
-    has, kernel_str, kptr, kread, off, report, shared_tier, subject, Action, Subject, NO_UID,
+    exempt, has, kernel_str, kptr, kread, off, report, shared_tier, subject, subject_armed, Action,
+    Subject, NO_UID,
 };
 use crate::{
     endpoint,
@@ -62,7 +67,8 @@ pub fn guard_device(ctx: DeviceContext) -> i32 {
     if harmless_device(ty, major, minor) {
         return 1;
     }
-    let Some(s) = subject() else {
+    // Arming only: this program type cannot read the exemption (`exempt.rs`).
+    let Some(s) = subject_armed() else {
         return 1;
     };
     let action = s.action(GUARD_HOST_DEVICES);
@@ -117,7 +123,8 @@ pub fn guard_sysctl(ctx: SysctlContext) -> i32 {
     if unsafe { (*c).write } == 0 {
         return 1;
     }
-    let Some(s) = subject() else {
+    // Arming only: this program type cannot read the exemption (`exempt.rs`).
+    let Some(s) = subject_armed() else {
         return 1;
     };
     let action = s.action(GUARD_SYSCTL_WRITE);
@@ -148,6 +155,9 @@ pub fn guard_sysctl(ctx: SysctlContext) -> i32 {
 /// pid_t old_pid, struct linux_binprm *bprm)` fires in the exec'ing task once the new
 /// program is in place and its credentials committed, before it runs a single instruction.
 ///
+/// - An exempt task (`exempt.rs`) with at least two execs left: its count goes down and
+///   nothing else happens (neither checked nor arming: the runtime's exec of its own
+///   binary). With one left, the mark ends here and the exec goes on as below.
 /// - A cgroup below the attach root that is not armed yet becomes armed; this exec is not
 ///   checked (it is the runtime's exec of the container's entrypoint).
 /// - In an armed cgroup, in the fallback tier: root-exec (the new program runs with euid 0)
@@ -165,6 +175,9 @@ pub fn guard_exec(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: helper without arguments.
     let cgid = unsafe { bpf_get_current_cgroup_id() };
+    if exempt::consume_exec(cgid) {
+        return 0;
+    }
     // SAFETY: only the presence of the entry is used.
     if unsafe { ARMED.get(cgid) }.is_none() {
         if ARMED.insert(cgid, ARM_EXEC, BPF_NOEXIST as u64).is_err() {

@@ -4,11 +4,13 @@
 //! the new program runs), this tier has:
 //!
 //! - `guard_sock_create` (`cgroup/sock_create` at the pods' root): AF_INET/AF_INET6
-//!   SOCK_RAW sockets fail with EPERM, precisely.
+//!   SOCK_RAW sockets fail with EPERM, precisely. Like every cgroup program it relies on
+//!   arming alone (an exempt runtime task is denied too, see `exempt.rs`).
 //! - `guard_sys_enter` (`tp_btf/sys_enter`, every syscall of the node): a syscall listed in
 //!   `SYSCALL_RULES` (filled by the agent for the node's architecture, with the i386 table
 //!   in `SYSCALL_RULES_COMPAT` for 32-bit syscalls on x86-64) from an armed, guarded task
-//!   makes the task's process receive SIGKILL (enforce) or an event (audit).
+//!   makes the task's process receive SIGKILL (enforce) or an event (audit). Exempt
+//!   runtime tasks (`exempt.rs`) are skipped.
 //!
 //! What this tier cannot guarantee:
 //! - **The syscall completes.** A signal sent at syscall entry is delivered when the
@@ -57,8 +59,8 @@ use aya_ebpf::{
 use enforcer_common::*;
 
 use super::{
-    has, kptr, kread, no_detail, off, report, shared_tier, subject, Action, Subject, AF_INET,
-    AF_INET6, SOCK_RAW, SOCK_TYPE_MASK,
+    has, kptr, kread, no_detail, off, report, shared_tier, subject, subject_armed, Action, Subject,
+    AF_INET, AF_INET6, SOCK_RAW, SOCK_TYPE_MASK,
 };
 use crate::maps::{SYSCALL_RULES, SYSCALL_RULES_COMPAT};
 
@@ -88,7 +90,8 @@ pub fn guard_sock_create(ctx: SockContext) -> i32 {
     if !((family == AF_INET || family == AF_INET6) && (ty & SOCK_TYPE_MASK) == SOCK_RAW) {
         return 1;
     }
-    let Some(s) = subject() else {
+    // Arming only: this program type cannot read the exemption (`exempt.rs`).
+    let Some(s) = subject_armed() else {
         return 1;
     };
     let action = s.action(GUARD_RAW_SOCKETS);

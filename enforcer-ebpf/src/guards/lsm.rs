@@ -23,8 +23,8 @@ use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::
 use enforcer_common::*;
 
 use super::{
-    has, kernel_str, kptr, kread, no_detail, off, report, same_pod, subject, text, Action, AF_INET,
-    AF_INET6, AF_PACKET, EPERM, NO_UID, SOCK_RAW, SOCK_TYPE_MASK,
+    has, kernel_str, kptr, kread, no_detail, off, report, same_pod, subject, subject_exec, text,
+    Action, AF_INET, AF_INET6, AF_PACKET, EPERM, NO_UID, SOCK_RAW, SOCK_TYPE_MASK,
 };
 
 /// Capabilities the dangerous-capabilities guard denies (bit n = CAP n): CAP_DAC_READ_SEARCH
@@ -124,7 +124,8 @@ pub fn guard_bprm_creds_from_file(ctx: LsmContext) -> i32 {
     if !has(CRED_IDS | OFF_CRED_CAP_PERMITTED | OFF_TASK_CRED | OFF_BINPRM_CRED) {
         return 0;
     }
-    let Some(s) = subject() else {
+    // An exempt task's exec is exempt unless it is the workload's (`exempt.rs`).
+    let Some(s) = subject_exec() else {
         return 0;
     };
     if !s.any(GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC) {

@@ -517,6 +517,18 @@ fn start_guards(
             );
         }
     }
+    metrics.set(
+        "enforcer_guard_runtime_exemption",
+        "1 if container runtime exec sessions entering pod cgroups are exempt until their workload exec.",
+        &[],
+        if attached.exemption { 1.0 } else { 0.0 },
+    );
+    if !attached.exemption {
+        tracing::warn!(
+            "runtime exemption unavailable (kernel BTF offsets missing): exec sessions \
+             (kubectl exec, exec probes) into guarded pods are guarded like the workload"
+        );
+    }
     match dp.arm_running_below(root) {
         Ok(armed) if !armed.is_empty() => {
             tracing::info!("armed {} running container cgroups", armed.len())

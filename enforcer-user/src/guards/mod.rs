@@ -9,6 +9,10 @@
 //!   programs of a tier (cgroup programs at the pods' cgroup root, LSM and tracepoint
 //!   programs globally; pinned like the network programs when a pin directory is set) and
 //!   report which guards are enforceable.
+//! - Container runtime tasks that enter a pod's cgroup from outside the pods (`runc
+//!   init` of `kubectl exec`) are exempt until they exec the workload
+//!   ([`EXEMPTION_PROGRAMS`], [`Datapath::exemption`](crate::bpf::Datapath::exemption);
+//!   the design is in `enforcer-ebpf/src/guards/exempt.rs`).
 //! - [`Datapath::arm_cgroup`](crate::bpf::Datapath::arm_cgroup),
 //!   [`disarm_cgroup`](crate::bpf::Datapath::disarm_cgroup),
 //!   [`arm_running_below`](crate::bpf::Datapath::arm_running_below),
@@ -155,6 +159,27 @@ pub const EXEC_PROGRAM: GuardProgram = prog(
     ProgKind::Tracepoint("sched_process_exec"),
     GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC,
 );
+
+/// Exemption of container runtime tasks entering pod cgroups (`enforcer-ebpf/src/guards/
+/// exempt.rs`): grants on `clone3(CLONE_INTO_CGROUP)` and inheritance on fork, grants on
+/// migration into a pod cgroup. Both tiers, always attached (with `EXEC_PROGRAM`, which
+/// counts the exempt execs down).
+pub const EXEMPTION_PROGRAMS: &[GuardProgram] = &[
+    prog("guard_fork", ProgKind::Tracepoint("sched_process_fork"), 0),
+    prog(
+        "guard_cgroup_attach",
+        ProgKind::Tracepoint("cgroup_attach_task"),
+        0,
+    ),
+];
+
+/// Kernel fields the exemption needs (the cgroup of a task other than the current one).
+pub const EXEMPTION_OFFSETS: u64 = TARGET_CGROUP;
+
+/// Can runtime tasks be exempted on a kernel whose offsets resolved as `offsets`?
+pub fn exemption_available(offsets: &ResolvedOffsets) -> bool {
+    offsets.missing_of(EXEMPTION_OFFSETS).is_empty()
+}
 
 /// Programs both tiers attach, besides `EXEC_PROGRAM`.
 pub const SHARED_PROGRAMS: &[GuardProgram] = &[

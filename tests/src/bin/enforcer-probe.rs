@@ -33,6 +33,23 @@
 //! sleep MS                    print "ready PID", sleep (a target for ptrace)
 //! bench-syscalls N            N getppid(), getpid(), failing open(); print ns per call
 //! bench-spawn N PATH ARGS...  N fork+exec+wait of PATH; print us per spawn
+//! bench-fork N                N fork+_exit+wait; print us per fork
+//! ```
+//!
+//! Composing them (how a container runtime enters a pod; CMD is another of these
+//! commands, run in-process by the task that entered, before any exec):
+//!
+//! ```text
+//! clone-into-cgroup DIR CMD...      clone3(CLONE_INTO_CGROUP) a child into the cgroup DIR;
+//!                                   the child runs CMD; then print "child exit:N" or
+//!                                   "child signal:N" (runc >= 1.4 `runc exec`)
+//! migrate-into-cgroup DIR CMD...    fork a child, write its pid into DIR/cgroup.procs
+//!                                   from this (the parent) process, then the child runs
+//!                                   CMD; report as above (runc < 1.4)
+//! migrate-into-cgroup DIR --self CMD...  the same, but the child writes "0" itself
+//! in-child CMD...                   fork; the child runs CMD; report as above
+//! comm NAME CMD...                  set this process's name (PR_SET_NAME), then run CMD
+//! then CMD... -- PATH ARGS...       run CMD, then execv PATH ARGS (whatever CMD printed)
 //! ```
 //!
 //! Outcome words: ok 0, eperm 2 (EPERM), eacces 5, other errors `errno:N` 4.
@@ -560,6 +577,164 @@ mod guard_cmds {
         format!("getppid_ns={getppid:.1} getpid_ns={getpid:.1} open_fail_ns={open:.1}")
     }
 
+    fn bench_fork(n: u64) -> String {
+        let t = Instant::now();
+        for _ in 0..n {
+            // SAFETY: the child only _exits; the parent reaps it.
+            unsafe {
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                if pid < 0 {
+                    return format!("fork failed: {}", std::io::Error::last_os_error());
+                }
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        let us = t.elapsed().as_micros() as f64 / n as f64;
+        format!("fork_us={us:.2}")
+    }
+
+    /// Wait for `pid` and print how it ended: "child exit:N" or "child signal:N".
+    fn report_child(pid: libc::pid_t) -> i32 {
+        let mut st = 0;
+        // SAFETY: our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        if libc::WIFSIGNALED(st) {
+            println!("child signal:{}", libc::WTERMSIG(st));
+        } else {
+            println!("child exit:{}", libc::WEXITSTATUS(st));
+        }
+        let _ = std::io::stdout().flush();
+        0
+    }
+
+    /// In a child: run the probe command `cmd` in-process (one of these, or `socket`)
+    /// and exit with its code.
+    fn run_and_exit(cmd: &[String]) -> ! {
+        let code = if cmd.is_empty() {
+            0
+        } else {
+            dispatch(cmd)
+                .or_else(|| match (cmd[0].as_str(), cmd.get(1)) {
+                    ("socket", Some(kind)) => Some(print_word(super::socket(kind))),
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    eprintln!("enforcer-probe: unknown command {:?}", cmd[0]);
+                    64
+                })
+        };
+        let _ = std::io::stdout().flush();
+        exit(code)
+    }
+
+    /// `struct clone_args` (clone3(2), CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    /// clone3(CLONE_INTO_CGROUP) into the cgroup directory `dir`: the child starts life
+    /// in that cgroup (as runc >= 1.4 starts `runc init` for `runc exec`). Fork-like: the
+    /// child returns 0. The probe is single-threaded, so continuing in Rust is safe.
+    fn clone_into_cgroup(dir: &str) -> Result<libc::pid_t, String> {
+        let d = cstr(dir);
+        // SAFETY: valid C string.
+        let fd = unsafe {
+            libc::open(
+                d.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(format!("open {dir}: {}", std::io::Error::last_os_error()));
+        }
+        let _ = std::io::stdout().flush();
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: fd as u64,
+            ..Default::default()
+        };
+        // SAFETY: a valid clone_args of the size passed; no CLONE_VM, so the child runs on
+        // a copy of this address space, like fork.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: our own descriptor (in the parent, and the child's copy).
+        unsafe { libc::close(fd) };
+        if r < 0 {
+            return Err(format!("clone3(CLONE_INTO_CGROUP, {dir}): {err}"));
+        }
+        Ok(r as libc::pid_t)
+    }
+
+    /// Fork a child that waits until this process wrote its pid into `dir`'s
+    /// cgroup.procs (or, with `itself`, writes "0" there itself), then runs `cmd`.
+    fn migrate_into_cgroup(dir: &str, itself: bool, cmd: &[String]) -> Result<i32, String> {
+        let procs = format!("{dir}/cgroup.procs");
+        let procs_c = cstr(&procs);
+        let mut pipe = [0i32; 2];
+        let _ = std::io::stdout().flush();
+        // SAFETY: plain syscalls; the child waits on the pipe, then continues as the probe
+        // (single-threaded, like the parent).
+        unsafe {
+            if libc::pipe(pipe.as_mut_ptr()) != 0 {
+                return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+            }
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(format!("fork: {}", std::io::Error::last_os_error()));
+            }
+            if pid == 0 {
+                libc::close(pipe[1]);
+                let mut b = 0u8;
+                libc::read(pipe[0], (&mut b as *mut u8).cast(), 1);
+                libc::close(pipe[0]);
+                if b != b'g' {
+                    libc::_exit(71);
+                }
+                if itself {
+                    let fd = libc::open(procs_c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        libc::_exit(72);
+                    }
+                    libc::close(fd);
+                }
+                run_and_exit(cmd);
+            }
+            libc::close(pipe[0]);
+            let mut go = b"g";
+            if !itself && let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                go = b"x";
+                eprintln!("enforcer-probe: writing {pid} into {procs}: {e}");
+            }
+            libc::write(pipe[1], go.as_ptr().cast(), 1);
+            libc::close(pipe[1]);
+            Ok(report_child(pid))
+        }
+    }
+
     fn bench_spawn(n: u64, argv: &[String]) -> String {
         let t = Instant::now();
         for _ in 0..n {
@@ -878,6 +1053,65 @@ mod guard_cmds {
             "bench-spawn" => {
                 println!("{}", bench_spawn(arg(1).parse().unwrap_or(100), &args[2..]));
                 return Some(0);
+            }
+            "bench-fork" => {
+                println!("{}", bench_fork(arg(1).parse().unwrap_or(1000)));
+                return Some(0);
+            }
+            "clone-into-cgroup" => {
+                return Some(match clone_into_cgroup(arg(1)) {
+                    Ok(0) => run_and_exit(&args[2..]),
+                    Ok(pid) => report_child(pid),
+                    Err(e) => {
+                        eprintln!("enforcer-probe: {e}");
+                        70
+                    }
+                });
+            }
+            "migrate-into-cgroup" => {
+                let itself = args.get(2).map(String::as_str) == Some("--self");
+                let cmd = &args[if itself { 3 } else { 2 }..];
+                return Some(match migrate_into_cgroup(arg(1), itself, cmd) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("enforcer-probe: {e}");
+                        70
+                    }
+                });
+            }
+            "comm" => {
+                let name = cstr(arg(1));
+                // SAFETY: a valid C string; the kernel copies at most 15 bytes.
+                unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+                return Some(dispatch(&args[2..]).unwrap_or(64));
+            }
+            "in-child" => {
+                let _ = std::io::stdout().flush();
+                // SAFETY: the child continues as the single-threaded probe and exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    run_and_exit(&args[1..]);
+                }
+                return Some(report_child(pid));
+            }
+            "then" => {
+                let Some(sep) = args.iter().position(|a| a == "--") else {
+                    eprintln!("enforcer-probe then: missing `--`");
+                    return Some(64);
+                };
+                if sep > 1 {
+                    let _ = dispatch(&args[1..sep]);
+                    let _ = std::io::stdout().flush();
+                }
+                let argv: Vec<CString> = args[sep + 1..].iter().map(|a| cstr(a)).collect();
+                if argv.is_empty() {
+                    return Some(0);
+                }
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                // SAFETY: NUL-terminated argv of valid C strings; returns only on failure.
+                unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+                word(last_errno())
             }
             _ => return None,
         };
