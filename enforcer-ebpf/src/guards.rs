@@ -199,7 +199,7 @@ pub fn subject_armed() -> Option<Subject> {
     // SAFETY: only the presence of the entry is used.
     unsafe { ARMED.get(cgid) }?;
     let cfg = config()?;
-    let (_, ep) = endpoint::of_current(cfg.root_level);
+    let (_, ep) = endpoint::of_current(cfg.root_cgroup_id, cfg.root_level);
     match ep {
         Some(e) => Some(Subject {
             cgid,

@@ -51,6 +51,13 @@ pub static ARMED: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
 #[btf_map]
 pub static EXEMPT: TaskStorage<ExemptTask> = TaskStorage::new();
 
+/// The attach root's level in the cgroup hierarchy as the kernel numbers it, once a
+/// program has verified it: `level << 56 | (root cgroup id & ROOT_ID_MASK)`, one entry,
+/// 0 while unknown (see `endpoint::root_level`). One u64, so a reader never sees a level
+/// from one root with the id of another.
+#[map]
+pub static ROOT_LEVEL: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Guard settings, one entry.
 #[map]
 pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);

@@ -390,7 +390,7 @@ fn skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
         return ALLOW;
     };
     let skb: *mut __sk_buff = ctx.skb.skb;
-    let (cgid, ep) = endpoint::of_skb(skb, cfg.root_level);
+    let (cgid, ep) = endpoint::of_skb(skb, cfg.root_cgroup_id, cfg.root_level);
     f.direction = direction;
     if parse(ctx, f).is_none() {
         count(CNT_PARSE_ERRORS);
@@ -492,7 +492,7 @@ fn sock_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     f.remote_port = f.dport;
     f.direction = DIR_EGRESS;
     f.tcp_flags = if f.protocol == PROTO_TCP { TCP_SYN } else { 0 };
-    let (cgid, ep) = endpoint::of_current(cfg.root_level);
+    let (cgid, ep) = endpoint::of_current(cfg.root_cgroup_id, cfg.root_level);
     let Some(ep) = ep else {
         if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !is_loopback(&f.remote) {
             emit(

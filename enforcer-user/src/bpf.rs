@@ -62,6 +62,9 @@ pub mod map_names {
     pub const GUARD_CONFIG: &str = "GUARD_CONFIG";
     pub const SYSCALL_RULES: &str = "SYSCALL_RULES";
     pub const SYSCALL_RULES_COMPAT: &str = "SYSCALL_RULES_COMPAT";
+    /// The attach root's verified cgroup level (written by the programs; not pinned:
+    /// programs of a new load find it again at once).
+    pub const ROOT_LEVEL: &str = "ROOT_LEVEL";
     /// Task local storage (BTF-defined, `.maps` section): exempt runtime tasks.
     pub const EXEMPT: &str = "EXEMPT";
     /// Maps that carry state across agent restarts, pinned when a pin directory is set.
@@ -783,6 +786,20 @@ impl Datapath {
         Ok(v.iter().sum())
     }
 
+    /// The level of the attach root `root_cgroup_id` as the programs verified it against
+    /// the kernel's cgroup ancestry (`ROOT_LEVEL`), once a program has seen a cgroup below
+    /// it. It differs from `Config::root_level` when the agent's cgroupfs is a nested
+    /// cgroup namespace (kind).
+    pub fn verified_root_level(&mut self, root_cgroup_id: u64) -> Result<Option<u32>, BpfError> {
+        let map = self.map_mut(map_names::ROOT_LEVEL)?;
+        let arr: aya::maps::Array<&mut MapData, u64> =
+            aya::maps::Array::try_from(map).map_err(map_err(map_names::ROOT_LEVEL))?;
+        let v = arr.get(&0, 0).map_err(map_err(map_names::ROOT_LEVEL))?;
+        const SHIFT: u32 = 56;
+        let mask = (1u64 << SHIFT) - 1;
+        Ok((v != 0 && v & mask == root_cgroup_id & mask).then_some((v >> SHIFT) as u32))
+    }
+
     /// Sizes of every map's key and value as the object defines them, by map name.
     pub fn object_map_layouts() -> Result<Vec<(String, u32, u32)>, BpfError> {
         if OBJECT.is_empty() {
@@ -1082,6 +1099,7 @@ mod abi {
                 u32s,
                 size_of::<SyscallRule>() as u32,
             ),
+            (map_names::ROOT_LEVEL, u32s, 8),
             // Task storage: the key is an int (a pidfd from user space).
             (map_names::EXEMPT, u32s, size_of::<ExemptTask>() as u32),
             // The read-only globals: GUARD_OFFSETS is the whole of .rodata.

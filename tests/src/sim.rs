@@ -369,7 +369,23 @@ impl SimNode {
         agent
     }
 
+    /// Start the agent as on a node that is itself a container (kind, minikube's docker
+    /// driver): in its own cgroup namespace rooted at this node's cgroup root, with
+    /// cgroupfs mounted from inside it, so that the agent sees the root as `/` and cannot
+    /// tell from user space how deep the node's cgroups are in the kernel's hierarchy.
+    /// Waits until it is ready.
+    pub fn start_agent_nested(&self, extra: &[&str]) -> Agent {
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test-"));
+        let mut agent = self.spawn_agent_inner(&bpffs, extra, true);
+        agent.wait_ready(Duration::from_secs(20));
+        agent
+    }
+
     fn spawn_agent_at(&self, bpffs: &Path, extra: &[&str]) -> Agent {
+        self.spawn_agent_inner(bpffs, extra, false)
+    }
+
+    fn spawn_agent_inner(&self, bpffs: &Path, extra: &[&str], nested: bool) -> Agent {
         let bpffs = bpffs.to_path_buf();
         let port = {
             // A free port number (the agent binds it inside the node netns, where nothing
@@ -381,11 +397,38 @@ impl SimNode {
         crate::ensure_bpffs();
         let log = self.manifests.path().with_extension(unique("agent.log"));
         let logf = fs::File::create(&log).expect("agent log");
-        let mut cmd = Command::new(agent_bin());
+        let mount = crate::Cgroup2Mount::detect().expect("cgroup2 mount").path;
+        let (mut cmd, cgroup_root, cgroup) = if nested {
+            // unshare(1) makes the cgroup namespace of the cgroup it runs in (the node's
+            // root, joined before exec by `place_command`), then the shell replaces the
+            // host's cgroupfs by one mounted from inside that namespace and execs the agent
+            // (same pid: the test signals it).
+            let mut cmd = Command::new("unshare");
+            cmd.args([
+                "--cgroup",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(r#"umount -l "$0" && mount -t cgroup2 cgroup2 "$0" && shift && exec "$@""#)
+            .arg(&mount)
+            .arg("-")
+            .arg(agent_bin());
+            (cmd, mount.clone(), Some(self.cgroup_root.path.as_path()))
+        } else {
+            (
+                Command::new(agent_bin()),
+                self.cgroup_root.path.clone(),
+                None,
+            )
+        };
         cmd.args(["run", "--manifests"])
             .arg(self.manifests.path())
             .args(["--node", &self.node_name, "--cgroup-root"])
-            .arg(&self.cgroup_root.path)
+            .arg(&cgroup_root)
             .args(["--health-addr", &health.to_string(), "--bpffs"])
             .arg(&bpffs)
             .args(extra)
@@ -397,7 +440,7 @@ impl SimNode {
             &mut cmd,
             Place {
                 netns: Some(&self.node_ns),
-                cgroup: None,
+                cgroup,
             },
         );
         let child = cmd.spawn().expect("start agent");

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use enforcer_tests::{
-    is_root,
+    Place, is_root, probe,
     sim::{PodSpec, SimNode},
     skip,
 };
@@ -293,4 +293,63 @@ fn network_audit_mode_reports_without_dropping() {
     assert!(log.contains("by default-deny"), "{log}");
     let m = agent.get("/metrics").1;
     assert!(m.contains("verdict=\"audit\""), "{m}");
+}
+
+/// On a node that is itself a container (kind), the agent's cgroupfs is a nested cgroup
+/// namespace: it sees the pods' root one or more levels higher than the kernel numbers it.
+/// Enforcement must not depend on that view.
+#[test]
+fn nested_cgroup_namespace_node_is_enforced() {
+    let Some(node) = node("nested_cgroup_namespace_node_is_enforced", 68, &["a", "b"]) else {
+        return;
+    };
+    let agent = node.start_agent_nested(&[]);
+    // Open before any policy; then a default deny on x applies to its pods' containers.
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 1000), "ok");
+    // A cgroup the workload made below its container is not in the agent's maps: only the
+    // datapath's ancestor walk, which starts at the root's level, finds its pod.
+    let pod = &node.pods["x/a"];
+    let sub = pod.cgroup.as_ref().expect("local pod").join("workload-sub");
+    std::fs::create_dir(&sub).expect("mkdir sub-cgroup");
+    let place = Place {
+        netns: Some(&pod.netns),
+        cgroup: Some(&sub),
+    };
+    let dst = node.pods["x/b"].v4.to_string();
+    // Unclassified cgroups are denied (the default): "ok" means it was resolved to x/a.
+    assert_eq!(
+        probe(place, &["connect", "tcp", &dst, "80", "1000"]).1,
+        "ok",
+        "a workload's own sub-cgroup must get its pod's (open) policy"
+    );
+    let before = agent.reconciles();
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    agent.wait_reconciled(before, Duration::from_secs(5));
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    assert_eq!(node.probe("x/b", "x/a", "tcp", 80, false, 500), "eperm");
+    assert_eq!(
+        probe(place, &["connect", "tcp", &dst, "80", "500"]).1,
+        "eperm"
+    );
+    // The agent exports counters every 5 s.
+    let real = node.cgroup_root.level() + 1;
+    let start = Instant::now();
+    let mut seen = None;
+    while start.elapsed() < Duration::from_secs(12) {
+        seen = agent.metric("enforcer_cgroup_root_level");
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        seen,
+        Some(real as f64),
+        "the datapath should report the kernel's level of kubepods.slice"
+    );
+    assert!(
+        agent.log_text().contains("nested node"),
+        "the agent should log the nested cgroup namespace:\n{}",
+        agent.log_text()
+    );
 }

@@ -249,3 +249,65 @@ fn unclassified_cgroups_are_denied_when_configured() {
     assert_eq!(w.from(&ctr, "tcp", 80), "ok");
     assert_eq!(w.from(&w.outside, "tcp", 80), "ok");
 }
+
+/// The agent's level of the attach root is a hint (wrong when the node runs in a nested
+/// cgroup namespace, as kind nodes do): the programs verify it against the kernel's cgroup
+/// ancestry, find the real level, and resolve container cgroups to their pod with it.
+#[test]
+fn wrong_root_level_hint_is_corrected_from_the_kernel() {
+    let Some(mut w) = world("wrong_root_level_hint_is_corrected_from_the_kernel") else {
+        return;
+    };
+    let real = w.root.level();
+    assert!(real >= 1, "test root at level {real}");
+    // A container of the pod, without an ENDPOINTS entry of its own: only the ancestor walk,
+    // which starts at the root's level, can give it the pod's policy.
+    let ctr = w.pod.child("cri-containerd-abc.scope");
+    w.serve(Some(&ctr.path.clone()));
+    let mut dp = Datapath::load(None).expect("load eBPF object");
+    dp.set_config(&Config {
+        root_cgroup_id: w.root.id(),
+        // What an agent in a cgroup namespace rooted one level below would compute.
+        root_level: real - 1,
+        flags: 0,
+        policy_revision: 1,
+        ct_timeout_tcp_s: 3600,
+        ct_timeout_other_s: 60,
+        unclassified_guards: 0,
+    })
+    .expect("config");
+    dp.endpoints()
+        .unwrap()
+        .insert(
+            w.pod.id(),
+            Endpoint {
+                id: 7,
+                flags: EP_EGRESS_ISOLATED | EP_INGRESS_ISOLATED,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    dp.attach_network(&w.root.path).expect("attach");
+    assert_eq!(dp.verified_root_level(w.root.id()).unwrap(), None);
+
+    // Egress from the container (connect hook: the current task's ancestry) is the pod's.
+    assert_eq!(w.from(&ctr, "tcp", 80), "eperm");
+    assert_eq!(
+        dp.verified_root_level(w.root.id()).unwrap(),
+        Some(real),
+        "the programs should have verified the root's real level"
+    );
+    // Ingress to the container server (cgroup_skb: the socket's ancestry) is the pod's.
+    assert_eq!(w.from(&w.outside, "tcp", 80), "timeout");
+    allow(&mut dp, 7, DIR_INGRESS, PROTO_TCP, 80, 3);
+    assert_eq!(w.from(&w.outside, "tcp", 80), "ok");
+    assert_eq!(w.from(&w.outside, "tcp", 81), "timeout");
+    // Pod to itself: egress allowed, but ingress of tcp/81 is not.
+    allow(&mut dp, 7, DIR_EGRESS, PROTO_TCP, 81, 4);
+    assert_eq!(
+        w.from(&ctr, "tcp", 81),
+        "timeout",
+        "pod egress allowed, server ingress not"
+    );
+}

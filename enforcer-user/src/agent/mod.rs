@@ -248,6 +248,8 @@ struct Reconciler {
     metrics: Arc<Metrics>,
     service_cidrs: Vec<crate::model::IpNet>,
     guards_on: bool,
+    /// The attach root's level last reported from `ROOT_LEVEL`.
+    root_level_reported: Option<u32>,
 }
 
 impl Reconciler {
@@ -425,11 +427,43 @@ impl Reconciler {
                 "enforcer_arm_errors_total",
                 "cgroups that could not be armed (ARMED map full).",
             ),
+            (
+                CNT_EXEMPT_GRANTED,
+                "enforcer_runtime_exemptions_granted_total",
+                "Container runtime tasks made exempt on entering a pod cgroup from outside.",
+            ),
+            (
+                CNT_EXEMPT_PASSED,
+                "enforcer_runtime_exemptions_used_total",
+                "Guard checks and execs passed because the task was an exempt runtime task.",
+            ),
+            (
+                CNT_EXEMPT_ERRORS,
+                "enforcer_runtime_exemption_errors_total",
+                "Task storage operations on runtime exemptions that failed (fail closed).",
+            ),
         ];
         for (idx, name, help) in COUNTERS {
             if let Ok(v) = self.dp.counter(*idx) {
                 self.metrics.set_counter(name, help, &[], v as f64);
             }
+        }
+        if let Ok(Some(level)) = self.dp.verified_root_level(self.config.root_cgroup_id) {
+            if level != self.config.root_level && self.root_level_reported != Some(level) {
+                tracing::info!(
+                    "the pods' cgroup root is at level {level} of the kernel's cgroup \
+                     hierarchy, not {} as seen from this cgroup namespace (nested node, \
+                     e.g. kind); the datapath uses the kernel's level",
+                    self.config.root_level
+                );
+            }
+            self.root_level_reported = Some(level);
+            self.metrics.set(
+                "enforcer_cgroup_root_level",
+                "Level of the pods' cgroup root in the kernel's cgroup hierarchy, as the datapath verified it.",
+                &[],
+                level as f64,
+            );
         }
     }
 
@@ -664,6 +698,7 @@ pub async fn run(opts: Options) -> Result<()> {
         metrics: metrics.clone(),
         service_cidrs: opts.service_cidrs.clone(),
         guards_on,
+        root_level_reported: None,
     };
 
     let (mut watcher, initial) = kubelet::Watcher::new(kubepods.clone())?;
