@@ -20,9 +20,11 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static ENDPOINTS: HashMap<u64, Endpoint> = HashMap::with_max_entries(65_536, 0);
 
-/// address -> peer identity (pod IPs as /128, ipBlock regions as prefixes).
+/// address -> peer identity (pod IPs as /128, ipBlock regions as prefixes). Sized for
+/// 200,000 dual-stack pods (GKE's cluster limit) plus ipBlock regions; an LPM trie is not
+/// preallocated, so the size costs memory only when used.
 #[map]
-pub static IPCACHE: LpmTrie<IpKey, IpInfo> = LpmTrie::with_max_entries(262_144, 0);
+pub static IPCACHE: LpmTrie<IpKey, IpInfo> = LpmTrie::with_max_entries(1_048_576, 0);
 
 /// (endpoint, identity, direction, protocol, port prefix) -> allowing policy.
 #[map]
