@@ -134,7 +134,7 @@ diagnostics() {
 agent_metrics() {
     local p
     for p in $(kubectl -n enforcer-system get pods -l app.kubernetes.io/name=enforcer -o jsonpath='{.items[*].metadata.name}'); do
-        kubectl get --raw "/api/v1/namespaces/enforcer-system/pods/$p:9090/proxy/metrics" || true
+        kubectl get --raw "/api/v1/namespaces/enforcer-system/pods/$p:9717/proxy/metrics" || true
     done
 }
 

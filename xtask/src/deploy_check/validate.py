@@ -233,15 +233,15 @@ def check_daemonset(doc):
         args = c.get("args") or []
         need(args[:1] == ["run"], "agent args must start with run")
         need("--node=$(NODE_NAME)" in args, "agent args must contain --node=$(NODE_NAME)")
-        need(any(re.fullmatch(r"--health-addr=.*:9090", a) for a in args),
-             "agent args must serve health on port 9090")
+        need(any(re.fullmatch(r"--health-addr=.*:9717", a) for a in args),
+             "agent args must serve health on port 9717")
         need(any(e.get("name") == "NODE_NAME"
                  and ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == "spec.nodeName"
                  for e in c.get("env") or []),
              "NODE_NAME must come from the downward API (spec.nodeName)")
         for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
             get = (c.get(probe) or {}).get("httpGet") or {}
-            need(get.get("path") == path and get.get("port") in (9090, "health"),
+            need(get.get("path") == path and get.get("port") in (9717, "health"),
                  "%s must GET %s on the health port" % (probe, path))
         res = c.get("resources") or {}
         need({"cpu", "memory"} <= set(res.get("requests") or {}) and "memory" in (res.get("limits") or {}),
