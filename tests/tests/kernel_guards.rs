@@ -562,9 +562,11 @@ fn fallback_arming_waits_for_exec() {
     assert!(!p.is_armed(p.outside.id()));
 }
 
+/// Benchmark, not a test (it asserts nothing about speed): `cargo xtask bench` runs the
+/// `bench_*` functions and prints their ratios; the test tiers skip them.
 #[test]
-fn fallback_overhead() {
-    let Some(mut p) = pods("fallback_overhead", GUARD_ALL) else {
+fn bench_fallback_guards_on_vs_off() {
+    let Some(mut p) = pods("bench_fallback_guards_on_vs_off", GUARD_ALL) else {
         return;
     };
     let report = p.overhead(5, 500_000, 300);
@@ -690,9 +692,11 @@ fn fallback_agent_arming_skips_only_containers_in_set_up() {
     );
 }
 
+/// Benchmark, not a test (it asserts nothing about speed): `cargo xtask bench` runs the
+/// `bench_*` functions and prints their ratios; the test tiers skip them.
 #[test]
-fn fallback_exemption_overhead() {
-    let Some(mut p) = pods("fallback_exemption_overhead", GUARD_ALL) else {
+fn bench_fallback_exemption_on_vs_off() {
+    let Some(mut p) = pods("bench_fallback_exemption_on_vs_off", GUARD_ALL) else {
         return;
     };
     let report = p.exemption_overhead(7, 5000, 300);

@@ -561,9 +561,11 @@ fn lsm_arming_waits_for_exec() {
     assert!(!p.is_armed(p.outside.id()));
 }
 
+/// Benchmark, not a test (it asserts nothing about speed): `cargo xtask bench` runs the
+/// `bench_*` functions and prints their ratios; the test tiers skip them.
 #[test]
-fn lsm_overhead() {
-    let Some(mut p) = pods("lsm_overhead", GUARD_ALL) else {
+fn bench_lsm_guards_on_vs_off() {
+    let Some(mut p) = pods("bench_lsm_guards_on_vs_off", GUARD_ALL) else {
         return;
     };
     let report = p.overhead(5, 50_000, 40);
@@ -662,9 +664,11 @@ fn lsm_exempt_cgroup_programs_rely_on_arming() {
     exemption::cgroup_programs(&mut p, &ns, kmsg.to_str().unwrap());
 }
 
+/// Benchmark, not a test (it asserts nothing about speed): `cargo xtask bench` runs the
+/// `bench_*` functions and prints their ratios; the test tiers skip them.
 #[test]
-fn lsm_exemption_overhead() {
-    let Some(mut p) = pods("lsm_exemption_overhead", GUARD_ALL) else {
+fn bench_lsm_exemption_on_vs_off() {
+    let Some(mut p) = pods("bench_lsm_exemption_on_vs_off", GUARD_ALL) else {
         return;
     };
     let report = p.exemption_overhead(3, 300, 30);

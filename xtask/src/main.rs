@@ -4,7 +4,9 @@
 //! setup [--check]                 install build/test prerequisites (idempotent; root)
 //! test [--tier T]... [FILTER]     run test tiers: lint, unit, kernel, vm (default: all)
 //! demo [DIR]                      standalone enforcement on a simulated node (root)
-//! bench                           network datapath benchmarks, ratios vs a baseline (root)
+//! bench [all|network|guards]     benchmarks, ratios vs a baseline in the same run (root):
+//!                                 datapath throughput, propagation, per-packet cost; guards
+//!                                 on vs off (fallback tier here, LSM tier in the VM)
 //! image                           static `enforcer` in an OCI image FROM scratch (buildah)
 //! ```
 
@@ -19,7 +21,7 @@ use anyhow::{Result, bail};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]\n       cargo xtask demo [DIR]\n       cargo xtask image"
+        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]\n       cargo xtask demo [DIR]\n       cargo xtask bench [all|network|guards]\n       cargo xtask image"
     );
     std::process::exit(2)
 }
@@ -31,7 +33,7 @@ fn main() -> Result<()> {
         "setup" => setup::setup(args.iter().any(|a| a == "--check")),
         "test" => test(&args[1..]),
         "demo" => demo(&args[1..]),
-        "bench" => bench(),
+        "bench" => bench(&args[1..]),
         "image" => image::image(&args[1..]),
         _ => usage(),
     }
@@ -75,47 +77,58 @@ fn demo(args: &[String]) -> Result<()> {
     )
 }
 
-fn bench() -> Result<()> {
+fn bench(args: &[String]) -> Result<()> {
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    if !["all", "network", "guards"].contains(&what) {
+        bail!("cargo xtask bench [all|network|guards]: unknown {what:?}");
+    }
     if std::env::var_os("ENFORCER_NO_SETUP").is_none() {
         setup::setup(false)?;
     }
     if !util::is_root() {
-        bail!("the benchmark loads BPF programs and creates network namespaces: run it as root");
+        bail!("the benchmarks load BPF programs and create network namespaces: run them as root");
     }
     let root = util::root();
-    // The agent in release mode: compile times are part of what is measured.
-    util::run(
-        std::process::Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "enforcer-user",
-                "--bin",
-                "enforcer",
-            ])
-            .current_dir(&root),
-    )?;
-    util::run(
-        std::process::Command::new("cargo")
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "enforcer-tests",
-                "--bin",
-                "enforcer-bench",
-                "--bin",
-                "enforcer-probe",
-            ])
-            .current_dir(&root),
-    )?;
-    util::run(
-        std::process::Command::new(root.join("target/debug/enforcer-bench"))
-            .env("ENFORCER_BIN", root.join("target/release/enforcer"))
-            .env("ENFORCER_PROBE", root.join("target/debug/enforcer-probe"))
-            .current_dir(&root),
-    )
+    if what != "guards" {
+        // The agent in release mode: compile times are part of what is measured.
+        util::run(
+            std::process::Command::new("cargo")
+                .current_dir(&root)
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "enforcer-user",
+                    "--bin",
+                    "enforcer",
+                ]),
+        )?;
+        util::run(
+            std::process::Command::new("cargo")
+                .current_dir(&root)
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "enforcer-tests",
+                    "--bin",
+                    "enforcer-bench",
+                    "--bin",
+                    "enforcer-probe",
+                ]),
+        )?;
+        util::run(
+            std::process::Command::new(root.join("target/debug/enforcer-bench"))
+                .env("ENFORCER_BIN", root.join("target/release/enforcer"))
+                .env("ENFORCER_PROBE", root.join("target/debug/enforcer-probe"))
+                .current_dir(&root),
+        )?;
+    }
+    if what != "network" {
+        // Runtime guards on vs off: the fallback tier on this host, the LSM tier in the VM.
+        tiers::guard_benches(true)?;
+    }
+    Ok(())
 }
 
 fn test(args: &[String]) -> Result<()> {

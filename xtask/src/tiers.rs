@@ -188,7 +188,7 @@ pub fn unit() -> Result<Tally> {
 }
 
 /// Test targets of `enforcer-tests` and their executables (builds them).
-fn test_executables() -> Result<Vec<(String, PathBuf)>> {
+pub fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     let out = Command::new("cargo")
         .args([
             "test",
@@ -223,7 +223,7 @@ fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     Ok(exes)
 }
 
-fn probe_path() -> PathBuf {
+pub fn probe_path() -> PathBuf {
     root().join("target/debug/enforcer-probe")
 }
 
@@ -238,6 +238,76 @@ pub fn build_agent() -> Result<()> {
             .args(["build", "-p", "enforcer-user", "--bin", "enforcer"])
             .current_dir(root()),
     )
+}
+
+/// Test functions whose name contains this are benchmarks (they measure, they do not
+/// judge): the tiers leave them out and `cargo xtask bench` runs them.
+pub const BENCH_PREFIX: &str = "bench_";
+
+/// Run the `bench_*` functions of the kernel suites on this host and of the `vm_*` suites
+/// in the VM, printing what they report. Fails if one fails.
+pub fn guard_benches(vm_too: bool) -> Result<()> {
+    build_agent()?;
+    let mut vm_tests = Vec::new();
+    let mut failed = Vec::new();
+    for (name, exe) in test_executables()? {
+        let list = Command::new(&exe)
+            .args(["--list", "--format", "terse"])
+            .output()?;
+        let benches: Vec<String> = String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .filter(|t| t.starts_with(BENCH_PREFIX))
+            .map(str::to_string)
+            .collect();
+        if benches.is_empty() {
+            continue;
+        }
+        if name.starts_with("vm_") {
+            vm_tests.extend(benches.into_iter().map(|t| vm::VmTest {
+                binary: exe.clone(),
+                name: t,
+            }));
+            continue;
+        }
+        eprintln!("== {name}: {} (this host's kernel)", benches.join(", "));
+        let status = Command::new(&exe)
+            .args(["--test-threads=1", "--show-output", BENCH_PREFIX])
+            .env("ENFORCER_PROBE", probe_path())
+            .env("ENFORCER_BIN", agent_path())
+            .current_dir(root())
+            .status()?;
+        if !status.success() {
+            failed.push(name);
+        }
+    }
+    if vm_too && !vm_tests.is_empty() {
+        let names: Vec<&str> = vm_tests.iter().map(|t| t.name.as_str()).collect();
+        eprintln!(
+            "== VM (Debian 6.1, BPF LSM, QEMU/TCG): {}",
+            names.join(", ")
+        );
+        let env = vec![
+            (
+                "ENFORCER_PROBE".to_string(),
+                probe_path().display().to_string(),
+            ),
+            (
+                "ENFORCER_BIN".to_string(),
+                agent_path().display().to_string(),
+            ),
+        ];
+        for r in vm::run(&vm_tests, &env)? {
+            println!("-- {} (rc {:?})\n{}", r.name, r.rc, r.log.trim_end());
+            if r.rc != Some(0) {
+                failed.push(r.name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("benchmarks failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 pub fn kernel(filter: Option<&str>) -> Result<Tally> {
@@ -257,6 +327,8 @@ pub fn kernel(filter: Option<&str>) -> Result<Tally> {
         }
         let mut cmd = Command::new(&exe);
         cmd.arg("--test-threads=1")
+            // Benchmarks: `cargo xtask bench` runs them.
+            .args(["--skip", BENCH_PREFIX])
             .env("ENFORCER_SKIP_LOG", &skip_log)
             .env("ENFORCER_PROBE", probe_path())
             .env("ENFORCER_BIN", agent_path())
@@ -287,6 +359,7 @@ pub fn vm(filter: Option<&str>) -> Result<Tally> {
             .output()?;
         for line in String::from_utf8_lossy(&list.stdout).lines() {
             if let Some(test) = line.strip_suffix(": test")
+                && !test.contains(BENCH_PREFIX)
                 && filter.is_none_or(|f| test.contains(f))
             {
                 tests.push(vm::VmTest {

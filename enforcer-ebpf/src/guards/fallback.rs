@@ -47,9 +47,10 @@
 //!   `int 0x80` from 64-bit processes) use the i386 table.
 //! - **Cost for the whole node.** With a `sys_enter` program attached every syscall of
 //!   every task takes the kernel's tracing slow path and runs this program, guarded or not.
-//!   Measured on this project's host (kernel_guards::fallback_overhead): about +90 ns per
-//!   getpid(2), +140 ns per getppid(2) (a number the i386 table also uses, so the compat
-//!   check runs), within noise for fork+exec.
+//!   Measured on this project's host (`cargo xtask bench`, which runs
+//!   `kernel_guards::bench_fallback_guards_on_vs_off`): about +90 ns per getpid(2), +140 ns
+//!   per getppid(2) (a number the i386 table also uses, so the compat check runs), within
+//!   noise for fork+exec.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task, bpf_probe_read_user, bpf_send_signal},
