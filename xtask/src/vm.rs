@@ -175,8 +175,11 @@ mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
-mount -t tmpfs tmpfs /newroot/run
-mount -t tmpfs tmpfs /newroot/tmp
+# Fresh /run and /tmp, unless the checkout is below one of them (a clone in /tmp): a
+# tmpfs there would hide the test binaries and the results share; the overlay's tmpfs
+# upper layer keeps them writable anyway.
+case "$R/" in /run/*) ;; *) mount -t tmpfs tmpfs /newroot/run ;; esac
+case "$R/" in /tmp/*) ;; *) mount -t tmpfs tmpfs /newroot/tmp ;; esac
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
 mount -t bpf bpf /newroot/sys/fs/bpf
 mount -t securityfs securityfs /newroot/sys/kernel/security
