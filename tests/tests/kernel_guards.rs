@@ -570,7 +570,6 @@ fn bench_fallback_guards_on_vs_off() {
         return;
     };
     let report = p.overhead(5, 500_000, 300);
-    eprintln!("{report}");
     println!("{report}");
 }
 
@@ -700,6 +699,5 @@ fn bench_fallback_exemption_on_vs_off() {
         return;
     };
     let report = p.exemption_overhead(7, 5000, 300);
-    eprintln!("{report}");
     println!("{report}");
 }

@@ -569,7 +569,6 @@ fn bench_lsm_guards_on_vs_off() {
         return;
     };
     let report = p.overhead(5, 50_000, 40);
-    eprintln!("{report}");
     println!("{report}");
 }
 
@@ -672,6 +671,5 @@ fn bench_lsm_exemption_on_vs_off() {
         return;
     };
     let report = p.exemption_overhead(3, 300, 30);
-    eprintln!("{report}");
     println!("{report}");
 }
