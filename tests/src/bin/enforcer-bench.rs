@@ -287,14 +287,11 @@ fn main() {
     println!(
         "== enforcer network benchmark (best of {rounds} rounds; rr = {RR_N} round trips, crr = {CRR_N} connections)"
     );
-    let base = measure(&node, rounds);
-    let mut rows = vec![(
-        "no agent (baseline)".to_string(),
-        base.tcp_rr,
-        base.udp_rr,
-        base.tcp_crr,
-        String::new(),
-    )];
+    // The machine drifts (other tenants, frequency): every agent configuration is compared
+    // with the mean of the baselines measured just before and just after it (the agent
+    // detached), and those baselines are printed too.
+    let mut baselines = vec![measure(&node, rounds)];
+    let mut rows = Vec::new();
 
     for (label, peers, groups, policies) in [
         ("small: 2 pods, 1 policy", 0u32, 1u32, 0u32),
@@ -326,13 +323,7 @@ fn main() {
         for (name, cnt, ns) in progs {
             let _ = write!(detail, "; {name} {ns:.0} ns/run over {cnt} runs");
         }
-        rows.push((
-            format!("agent, {label}"),
-            s.tcp_rr,
-            s.udp_rr,
-            s.tcp_crr,
-            detail,
-        ));
+        rows.push((format!("agent, {label}"), s, detail));
 
         if std::env::var_os("BENCH_DEBUG").is_some() {
             let c = node.pods["bench/client"].place();
@@ -385,29 +376,47 @@ fn main() {
             println!(
                 "propagation (file change -> verdict changed, seen by a real connection; {} changes, {}): median {:.1} ms, p90 {:.1} ms, worst {:.1} ms",
                 lat.len(),
-                rows.last().unwrap().4.split(';').next().unwrap_or(""),
+                rows.last().unwrap().2.split(';').next().unwrap_or(""),
                 lat[lat.len() / 2].as_secs_f64() * 1e3,
                 lat[lat.len() * 9 / 10].as_secs_f64() * 1e3,
                 lat[lat.len() - 1].as_secs_f64() * 1e3
             );
             node.remove_manifest("20-toggle.yaml");
         }
+        // Dropping the agent uninstalls it: the next baseline runs with nothing attached.
         drop(agent);
+        baselines.push(measure(&node, rounds));
     }
 
     println!(
         "\n{:<44} {:>12} {:>12} {:>12}",
         "", "tcp rr/s", "udp rr/s", "tcp crr/s"
     );
-    for (label, t, u, c, _) in &rows {
+    let line = |label: &str, s: &Sample| {
+        format!(
+            "{label:<44} {:>12.0} {:>12.0} {:>12.0}",
+            s.tcp_rr, s.udp_rr, s.tcp_crr
+        )
+    };
+    for (i, (label, s, _)) in rows.iter().enumerate() {
+        let (b0, b1) = (&baselines[i], &baselines[i + 1]);
+        println!("{}", line(&format!("no agent (baseline {i})"), b0));
+        let mean = |f: fn(&Sample) -> f64| (f(b0) + f(b1)) / 2.0;
         println!(
-            "{label:<44} {t:>12.0} {u:>12.0} {c:>12.0}   ratio vs baseline: {:.3} {:.3} {:.3}",
-            t / base.tcp_rr,
-            u / base.udp_rr,
-            c / base.tcp_crr
+            "{}   ratio vs baselines {i}-{}: {:.3} {:.3} {:.3}",
+            line(label, s),
+            i + 1,
+            s.tcp_rr / mean(|b| b.tcp_rr),
+            s.udp_rr / mean(|b| b.udp_rr),
+            s.tcp_crr / mean(|b| b.tcp_crr)
         );
     }
-    for (label, _, _, _, d) in &rows {
+    let last = baselines.len() - 1;
+    println!(
+        "{}",
+        line(&format!("no agent (baseline {last})"), &baselines[last])
+    );
+    for (label, _, d) in &rows {
         if !d.is_empty() {
             println!("{label}: {d}");
         }
