@@ -24,6 +24,9 @@ pub struct Names {
     pub policies: BTreeMap<u32, ObjectRef>,
     /// cgroup id -> pod, for events of processes whose cgroup resolved to no endpoint.
     pub cgroups: BTreeMap<u64, ObjectRef>,
+    /// Addresses of this node's pods: a peer on the node is named as its pod, not as its
+    /// identity (which stands for every pod with the same policy-relevant labels).
+    pub local_ips: BTreeMap<IpAddr, ObjectRef>,
 }
 
 /// A decoded event.
@@ -128,21 +131,34 @@ impl Event {
                     .map(|p| p.to_string())
                     .or_else(|| names.cgroups.get(&e.cgroup_id).map(|p| p.to_string()))
                     .unwrap_or_else(|| format!("cgroup:{}", e.cgroup_id));
-                let peer = match e.peer_identity {
-                    IDENTITY_WORLD => "world".to_string(),
-                    IDENTITY_HOST => "node".to_string(),
-                    i => names
-                        .identities
-                        .get(&i)
-                        .cloned()
-                        .unwrap_or_else(|| format!("identity:{i}")),
+                let remote_ip = addr(&e.remote);
+                // The kernel resolves the peer's identity only when policy needs it: for a
+                // direction the pod is not isolated in, "world" would be a guess.
+                let resolved = !matches!(e.reason, REASON_NOT_ISOLATED | REASON_LOOPBACK);
+                let peer = match names.local_ips.get(&remote_ip) {
+                    Some(pod) => Some(pod.to_string()),
+                    None => match e.peer_identity {
+                        IDENTITY_HOST => Some("node".to_string()),
+                        IDENTITY_WORLD if !resolved => None,
+                        IDENTITY_WORLD => Some("world".to_string()),
+                        i => Some(
+                            names
+                                .identities
+                                .get(&i)
+                                .cloned()
+                                .unwrap_or_else(|| format!("identity:{i}")),
+                        ),
+                    },
                 };
                 let local = sock(addr(&e.local), e.local_port);
-                let remote = sock(addr(&e.remote), e.remote_port);
+                let remote = match peer {
+                    Some(p) => format!("{} ({p})", sock(remote_ip, e.remote_port)),
+                    None => sock(remote_ip, e.remote_port),
+                };
                 let (src, dst) = if e.direction == DIR_INGRESS {
-                    (format!("{remote} ({peer})"), format!("{local} ({who})"))
+                    (remote, format!("{local} ({who})"))
                 } else {
-                    (format!("{local} ({who})"), format!("{remote} ({peer})"))
+                    (format!("{local} ({who})"), remote)
                 };
                 let by = match (e.reason, names.policies.get(&e.policy)) {
                     (REASON_POLICY, Some(p)) => format!("policy {p}"),
@@ -356,6 +372,40 @@ mod tests {
         );
         assert!(decode(&bytes[..10]).is_none());
         assert!(decode(&[9, 0, 0, 0]).is_none());
+
+        // A peer on this node is named as its pod rather than as its identity.
+        names.local_ips.insert(
+            "10.0.0.1".parse().unwrap(),
+            ObjectRef {
+                namespace: "x".into(),
+                name: "a".into(),
+            },
+        );
+        assert_eq!(
+            Event::Net(d).render(&names),
+            "allow ingress tcp 10.0.0.1:40000 (x/a) -> 10.0.0.2:80 (x/b) by policy x/allow-foo"
+        );
+        // Not isolated: the kernel did not resolve the peer, so it is not called "world".
+        let open = NetEvent {
+            reason: REASON_NOT_ISOLATED,
+            peer_identity: IDENTITY_WORLD,
+            direction: DIR_EGRESS,
+            remote: v4_mapped([192, 0, 2, 7]),
+            ..d
+        };
+        assert_eq!(
+            Event::Net(open).render(&names),
+            "allow egress tcp 10.0.0.2:80 (x/b) -> 192.0.2.7:40000 by not-isolated"
+        );
+        let denied = NetEvent {
+            verdict: VERDICT_DENY,
+            reason: REASON_DEFAULT_DENY,
+            ..open
+        };
+        assert_eq!(
+            Event::Net(denied).render(&names),
+            "deny egress tcp 10.0.0.2:80 (x/b) -> 192.0.2.7:40000 (world) by default-deny"
+        );
     }
 
     #[test]

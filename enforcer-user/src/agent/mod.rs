@@ -250,6 +250,8 @@ struct Reconciler {
     guards_on: bool,
     /// The attach root's level last reported from `ROOT_LEVEL`.
     root_level_reported: Option<u32>,
+    /// Addresses of the local pods, for naming event peers.
+    local_ips: BTreeMap<IpAddr, crate::model::ObjectRef>,
 }
 
 impl Reconciler {
@@ -262,6 +264,13 @@ impl Reconciler {
         };
         self.desired = self.compiler.compile(&input);
         defer_service_cidrs(&mut self.desired.ipcache, &self.service_cidrs);
+        self.local_ips = self
+            .desired
+            .endpoints
+            .values()
+            .filter_map(|le| snap.cluster.pods.get(&le.pod).map(|p| (le, p)))
+            .flat_map(|(le, p)| p.ips.iter().map(|ip| (*ip, le.pod.clone())))
+            .collect();
         if self.guards_on {
             let (g, warnings) =
                 runtime_policy::compile(&snap.cluster, &snap.runtime_policies, &self.node);
@@ -324,6 +333,7 @@ impl Reconciler {
             n.identities = self.desired.identities.clone();
             n.policies = self.desired.policy_names.clone();
             n.cgroups = cg_names;
+            n.local_ips = self.local_ips.clone();
         }
         let m = &self.metrics;
         let guarded = self.guards.values().filter(|(e, a)| e | a != 0).count();
@@ -699,6 +709,7 @@ pub async fn run(opts: Options) -> Result<()> {
         service_cidrs: opts.service_cidrs.clone(),
         guards_on,
         root_level_reported: None,
+        local_ips: BTreeMap::new(),
     };
 
     let (mut watcher, initial) = kubelet::Watcher::new(kubepods.clone())?;
@@ -750,7 +761,8 @@ pub async fn run(opts: Options) -> Result<()> {
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // Kernel counters reach /metrics once a second (a handful of per-CPU array reads).
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => rec.export_counters(),
