@@ -344,6 +344,13 @@ pub struct ExemptTask {
     pub remaining: u32,
     /// `EXEMPT_VIA_*`, with `EXEMPT_INHERITED`.
     pub via: u32,
+    /// Creation: the mount namespace (inode number) of the parent that created the task.
+    /// An exec in it is the runtime's own (runc execs `runc init` before it joins the
+    /// container); an exec in another one (the task joined the container's mount
+    /// namespace first, as crun's exec sessions do) is the workload's and ends the mark.
+    /// 0: not recorded (migration, or kernel offsets missing): counts alone decide.
+    pub mnt_ns: u32,
+    pub _pad: u32,
 }
 
 /// Guard settings (Array map `GUARD_CONFIG`, one entry), written when guards are attached.
@@ -428,6 +435,9 @@ pub const OFF_BINPRM_FILENAME: u64 = 1 << 16;
 pub const OFF_REGS_ARGS: u64 = 1 << 17;
 pub const OFF_TASK_TI_STATUS: u64 = 1 << 18;
 pub const OFF_COMPAT_REGS_ARGS: u64 = 1 << 19;
+pub const OFF_TASK_NSPROXY: u64 = 1 << 20;
+pub const OFF_NSPROXY_MNT_NS: u64 = 1 << 21;
+pub const OFF_MNT_NS_INUM: u64 = 1 << 22;
 
 /// Byte offsets of the kernel struct fields the guards read, resolved by the agent from
 /// the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and handed to the programs as the
@@ -478,7 +488,11 @@ pub struct KernelOffsets {
     /// Value of the compat bit in `task_ti_status` (0: no compat syscalls on this
     /// architecture).
     pub ti_status_compat: u32,
-    pub _pad: u32,
+    /// `task_struct.nsproxy`, `nsproxy.mnt_ns`, `mnt_namespace.ns.inum`: a task's mount
+    /// namespace (the runtime exemption tells a runtime's own exec from the workload's).
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_ns_inum: u32,
 }
 
 impl KernelOffsets {
@@ -506,7 +520,9 @@ impl KernelOffsets {
         regs_args: [0; 6],
         compat_regs_args: [0; 6],
         ti_status_compat: 0,
-        _pad: 0,
+        task_nsproxy: 0,
+        nsproxy_mnt_ns: 0,
+        mnt_ns_inum: 0,
     };
 }
 
@@ -531,8 +547,8 @@ assert_size!(NetEvent, 64);
 assert_size!(GuardEvent, 120);
 assert_size!(GuardConfig, 8);
 assert_size!(SyscallRule, 16);
-assert_size!(KernelOffsets, 136);
-assert_size!(ExemptTask, 16);
+assert_size!(KernelOffsets, 144);
+assert_size!(ExemptTask, 24);
 
 #[cfg(feature = "user")]
 mod user {

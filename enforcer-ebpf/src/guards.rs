@@ -177,12 +177,13 @@ pub fn subject() -> Option<Subject> {
 }
 
 /// [`subject`] for checks of an exec itself (the LSM tier's `bprm_creds_from_file`): an
-/// exempt task's exec is exempt only while it is not the last exec of its exemption, the
-/// workload's exec (see `exempt.rs`).
+/// exempt task's exec is exempt only while it is not the workload's: not the last exec
+/// of its exemption, and not made from another mount namespace than the runtime's (see
+/// `exempt.rs`).
 #[inline(always)]
 pub fn subject_exec() -> Option<Subject> {
     let s = subject_armed()?;
-    if exempt::current_is_exempt(s.cgid, 2) {
+    if exempt::current_exec_is_exempt(s.cgid) {
         count(CNT_EXEMPT_PASSED);
         return None;
     }

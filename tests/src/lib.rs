@@ -945,10 +945,20 @@ pub mod exemption {
         probe_bin().to_str().unwrap().to_string()
     }
 
-    /// (1) `clone3(CLONE_INTO_CGROUP)` from outside the pods into an armed container: the
-    /// new task's operations are allowed, so are those of the runtime binary it execs
-    /// first; from its second exec (the workload's) on, they are denied. Needs
-    /// dangerous-capabilities and mount.
+    /// The inode number of this process's mount namespace: what a creation mark records
+    /// for a runtime task started from here.
+    fn own_mnt_ns() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self/ns/mnt")
+            .expect("stat /proc/self/ns/mnt")
+            .ino() as u32
+    }
+
+    /// (1) `clone3(CLONE_INTO_CGROUP)` from outside the pods into an armed container, the
+    /// way runc 1.4 runs `runc exec`: the new task's operations are allowed, so are those
+    /// of the runtime binary it execs first (from the runtime's mount namespace); from its
+    /// second exec (the workload's) on, they are denied. Needs dangerous-capabilities and
+    /// mount.
     pub fn clone_path(p: &mut GuardPods, mountpoint: &str) {
         let ctr = p.armed_container("ctr-clone");
         let (probe, dir) = (probe(), ctr.path.to_str().unwrap().to_string());
@@ -959,7 +969,7 @@ pub mod exemption {
                 &dir,
                 "then",
                 "unshare",
-                "mnt",
+                "uts",
                 "--",
                 &probe,
                 "then",
@@ -988,6 +998,42 @@ pub mod exemption {
         assert!(
             mounts.is_empty(),
             "the exempt mount passed silently: {mounts:#?}"
+        );
+    }
+
+    /// (1b) `clone3(CLONE_INTO_CGROUP)`, then the task joins another mount namespace (the
+    /// container's) and execs the command directly, as crun runs exec sessions: that
+    /// first exec is already the workload's, so it ends the exemption and is checked.
+    /// Needs dangerous-capabilities.
+    pub fn clone_path_direct_exec(p: &mut GuardPods) {
+        let ctr = p.armed_container("ctr-direct");
+        let (probe, dir) = (probe(), ctr.path.to_str().unwrap().to_string());
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "clone-into-cgroup",
+                &dir,
+                "then",
+                "unshare",
+                "mnt",
+                "--",
+                &probe,
+                "unshare",
+                "uts",
+            ],
+        );
+        let mut want = v(&["ok"]);
+        want.extend(denied(p.tier));
+        expect(
+            &r,
+            &want,
+            "created into the cgroup, joined another mount namespace: before exec, after it",
+        );
+        let denies = p.events_of(ctr.id(), GUARD_DANGEROUS_CAPABILITIES, VERDICT_DENY);
+        assert_eq!(
+            denies.len(),
+            1,
+            "the workload's unshare is denied, the runtime's was not: {denies:#?}"
         );
     }
 
@@ -1053,6 +1099,8 @@ pub mod exemption {
                 cgroup_id: ctr.id(),
                 remaining: 1,
                 via: EXEMPT_VIA_CLONE,
+                mnt_ns: own_mnt_ns(),
+                _pad: 0,
             }),
             "the runtime task's mark after its first exec"
         );
@@ -1139,6 +1187,8 @@ pub mod exemption {
                 cgroup_id: ctr.id(),
                 remaining: 1,
                 via: EXEMPT_VIA_CLONE | EXEMPT_INHERITED,
+                mnt_ns: own_mnt_ns(),
+                _pad: 0,
             }),
             "an inherited mark after one exec"
         );

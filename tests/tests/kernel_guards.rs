@@ -593,6 +593,17 @@ fn fallback_exempt_clone_into_cgroup_until_second_exec() {
 }
 
 #[test]
+fn fallback_exempt_clone_then_other_mount_namespace_exec_is_the_workload() {
+    let Some(mut p) = pods(
+        "fallback_exempt_clone_then_other_mount_namespace_exec_is_the_workload",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::clone_path_direct_exec(&mut p);
+}
+
+#[test]
 fn fallback_exempt_migration_until_exec() {
     let Some(mut p) = pods(
         "fallback_exempt_migration_until_exec",

@@ -23,7 +23,7 @@
 //! | entry path | granted by | `remaining` |
 //! | --- | --- | --- |
 //! | migration: the task's leader is written into a pod cgroup's `cgroup.procs` or `cgroup.threads` (`tp_btf/cgroup_attach_task`) | the **writer**, which must be outside the attach root when the tracepoint runs | 1: its next exec is the workload's (runc < 1.4: the parent writes the child's pid) |
-//! | creation: the task is created into a pod cgroup other than its parent's (`clone3(CLONE_INTO_CGROUP)`, seen in `tp_btf/sched_process_fork`) | the **parent**, which must be outside the attach root | 2: the first exec is the runtime's own binary (`runc init`), the second the workload's |
+//! | creation: the task is created into a pod cgroup other than its parent's (`clone3(CLONE_INTO_CGROUP)`, seen in `tp_btf/sched_process_fork`) | the **parent**, which must be outside the attach root | 2: the first exec is the runtime's own binary (`runc init`), the second the workload's; the mark also records the parent's mount namespace |
 //! | fork by an exempt task into its own cgroup (`sched_process_fork`) | the parent's mark | the parent's count, copied |
 //!
 //! "A pod cgroup" is one at or below the attach root (the pods' subtree). The mark records
@@ -32,12 +32,23 @@
 //! While a task is exempt (`remaining` >= 1), every LSM hook and the fallback tier's
 //! `sys_enter` program treat it as not guarded. At `sched_process_exec` (`guard_exec`),
 //! which runs once the new program is in place and before it runs an instruction:
-//! - `remaining` >= 2: the count goes down by one; this exec is exempt: not checked by the
+//! - `remaining` >= 2, and the task is still in the mount namespace its mark recorded (if
+//!   it recorded one): the count goes down by one; this exec is exempt: not checked by the
 //!   exec-time guards and it **does not arm** the cgroup.
-//! - `remaining` == 1: the mark is removed, and this exec is handled like the exec of a
-//!   task that was never exempt: in an armed cgroup the exec-time guards (root-exec,
-//!   root-escalation of setuid/file-capability binaries) check it, in an unarmed cgroup it
-//!   arms it (and, as every arming exec, is not checked).
+//! - otherwise (`remaining` == 1, or the task has moved to another mount namespace): the
+//!   mark is removed, and this exec is handled like the exec of a task that was never
+//!   exempt: in an armed cgroup the exec-time guards (root-exec, root-escalation of
+//!   setuid/file-capability binaries) check it, in an unarmed cgroup it arms it (and, as
+//!   every arming exec, is not checked).
+//!
+//! Why the mount namespace: runc execs its own binary *before* it joins the container's
+//! namespaces, so that exec happens in the namespace of the runtime that created the
+//! task. crun does not exec itself: its exec sessions are created with
+//! `CLONE_INTO_CGROUP` too, join the container's namespaces and exec the user's command
+//! directly. Counting alone would let that command run exempt until its next exec; an
+//! exec from another mount namespace than the creator's is the workload's, whatever the
+//! count. Only the runtime's own code runs under a creation mark before that exec, so
+//! only the runtime decides where it execs.
 //!
 //! So the exec that ends an exemption is the workload's, and it is checked:
 //! - migration (1): the migrated task's next exec. `kubectl exec` with runc < 1.4 in an
@@ -46,11 +57,12 @@
 //!   instruction). Container creation by runc < 1.4: that exec is the entrypoint's, which
 //!   arms the new cgroup, as before.
 //! - creation (2): the exec of the runc binary passes (root, unchecked, not arming); the
-//!   second exec, the user's command, is checked (or arms a fresh container cgroup).
+//!   second exec, the user's command, is checked (or arms a fresh container cgroup). With
+//!   crun the first exec is already the user's command, from the container's mount
+//!   namespace, and it is checked.
 //!
 //! In the LSM tier the exec check runs in `bprm_creds_from_file`, *before*
-//! `sched_process_exec` updates the count: it treats the exec as exempt only while
-//! `remaining` >= 2 (`subject_exec`). An exec that fails consumes nothing. Hooks that run
+//! `sched_process_exec` updates the count: it applies the same rule (`subject_exec`). An exec that fails consumes nothing. Hooks that run
 //! between the two (the kernel's own exec steps) still see the task as exempt; the new
 //! program never does.
 //!
@@ -108,8 +120,10 @@
 //! - Migration marks only the task the tracepoint reports: for a `cgroup.procs` write the
 //!   thread-group leader. Other threads moved with it stay guarded (runtimes exec from the
 //!   leader: runc locks `runc init` to its main thread).
-//! - The counts follow runc's pattern. A runtime whose `CLONE_INTO_CGROUP` child execs
-//!   the workload directly would leave the workload exempt until its next exec; one that
+//! - The counts follow runc's pattern, the mount namespace crun's. A runtime whose
+//!   `CLONE_INTO_CGROUP` child execs the workload directly *without* joining another
+//!   mount namespace first would leave the workload exempt until its next exec (no OCI
+//!   runtime we know does: the workload must see the container's filesystem); one that
 //!   execs its own binary again after entering would have that exec taken for the
 //!   workload's: runc 1.1's `runc init` re-execs itself from a sealed memfd copy at start
 //!   (CVE-2019-5736 protection, moved into the parent in runc 1.2) and may do so after its
@@ -168,9 +182,45 @@ pub fn current_is_exempt(cgid: u64, min: u32) -> bool {
     }
 }
 
+/// Offsets of a task's mount namespace.
+const MNT_NS: u64 = OFF_TASK_NSPROXY | OFF_NSPROXY_MNT_NS | OFF_MNT_NS_INUM;
+
+/// The inode number of the current task's mount namespace; 0 if unknown.
+#[inline(always)]
+fn current_mnt_ns() -> u32 {
+    if !has(MNT_NS) {
+        return 0;
+    }
+    let nsproxy = kptr(current_task() as u64, off!(task_nsproxy));
+    let mnt_ns = kptr(nsproxy, off!(nsproxy_mnt_ns));
+    kread(mnt_ns, off!(mnt_ns_inum), 0u32)
+}
+
+/// May an exec by a task with mark `v`, in cgroup `cgid`, be the runtime's own? Only
+/// while it is not the last exec of the mark, and, when the mark recorded the mount
+/// namespace of the runtime that created the task, only from that namespace: a task that
+/// has joined the container's mount namespace execs the workload.
+#[inline(always)]
+fn runtime_exec(v: &ExemptTask, cgid: u64) -> bool {
+    v.cgroup_id == cgid && v.remaining >= 2 && (v.mnt_ns == 0 || v.mnt_ns == current_mnt_ns())
+}
+
+/// Is the current task's exec in cgroup `cgid` exempt (checked before it happens, by the
+/// LSM tier's `bprm_creds_from_file`)? See [`runtime_exec`].
+#[inline(always)]
+pub fn current_exec_is_exempt(cgid: u64) -> bool {
+    // SAFETY: a BTF task pointer from the helper.
+    match unsafe { EXEMPT.get(current_task()) } {
+        // SAFETY: a non-null map value of the right type.
+        Some(v) => runtime_exec(unsafe { &*v }, cgid),
+        None => false,
+    }
+}
+
 /// The current task execs in cgroup `cgid` (`sched_process_exec`): consume one exec of its
 /// exemption. True if this exec is exempt (not checked, does not arm); false if the task
-/// had no exemption here or this exec ended it.
+/// had no exemption here or this exec ended it (the workload's exec, see
+/// [`runtime_exec`]).
 #[inline(always)]
 pub fn consume_exec(cgid: u64) -> bool {
     let task = current_task();
@@ -180,7 +230,7 @@ pub fn consume_exec(cgid: u64) -> bool {
     };
     // SAFETY: a non-null map value of the right type.
     unsafe {
-        if (*v).cgroup_id == cgid && (*v).remaining >= 2 {
+        if runtime_exec(&*v, cgid) {
             (*v).remaining -= 1;
             count(CNT_EXEMPT_PASSED);
             return true;
@@ -203,13 +253,16 @@ fn end(task: *mut task_struct, v: *mut ExemptTask) {
     }
 }
 
-/// Mark `task` exempt in `cgid` for `execs` execs (replacing any mark it had).
+/// Mark `task` exempt in `cgid` for `execs` execs (replacing any mark it had); `mnt_ns`:
+/// the creating runtime's mount namespace, or 0.
 #[inline(always)]
-fn grant(task: *mut task_struct, cgid: u64, execs: u32, via: u32) {
+fn grant(task: *mut task_struct, cgid: u64, execs: u32, via: u32, mnt_ns: u32) {
     let mut init = ExemptTask {
         cgroup_id: cgid,
         remaining: execs,
         via,
+        mnt_ns,
+        _pad: 0,
     };
     // SAFETY: `task` is a BTF task pointer (tracepoint argument); `init` is a valid value.
     match unsafe { EXEMPT.get_or_insert(task, &mut init) } {
@@ -220,6 +273,7 @@ fn grant(task: *mut task_struct, cgid: u64, execs: u32, via: u32) {
                 (*v).cgroup_id = cgid;
                 (*v).remaining = execs;
                 (*v).via = via;
+                (*v).mnt_ns = mnt_ns;
             }
             count(CNT_EXEMPT_GRANTED);
         }
@@ -320,7 +374,14 @@ pub fn guard_fork(ctx: BtfTracePointContext) -> i32 {
     }
     let (cgid, under) = kn_under_root(child_kn, cfg.root_cgroup_id);
     if under {
-        grant(child, cgid, EXEMPT_EXECS_CLONE, EXEMPT_VIA_CLONE);
+        // The parent is current: its mount namespace is the runtime's.
+        grant(
+            child,
+            cgid,
+            EXEMPT_EXECS_CLONE,
+            EXEMPT_VIA_CLONE,
+            current_mnt_ns(),
+        );
     }
     0
 }
@@ -341,7 +402,7 @@ pub fn guard_cgroup_attach(ctx: BtfTracePointContext) -> i32 {
     let writer_outside = !endpoint::current_under_root(cfg.root_cgroup_id, cfg.root_level);
     let (cgid, under) = kn_under_root(kptr(dst, off!(cgroup_kn)), cfg.root_cgroup_id);
     if writer_outside && under {
-        grant(task, cgid, EXEMPT_EXECS_MIGRATION, EXEMPT_VIA_MIGRATION);
+        grant(task, cgid, EXEMPT_EXECS_MIGRATION, EXEMPT_VIA_MIGRATION, 0);
     } else {
         // Moved out of the pods, or by a task inside them: whatever mark it had ends.
         revoke(task);

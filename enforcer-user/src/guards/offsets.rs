@@ -135,6 +135,24 @@ pub const FIELDS: &[FieldSpec] = &[
         paths: &["thread_info.status"],
         size: 4,
     },
+    FieldSpec {
+        bit: OFF_TASK_NSPROXY,
+        structure: "task_struct",
+        paths: &["nsproxy"],
+        size: 8,
+    },
+    FieldSpec {
+        bit: OFF_NSPROXY_MNT_NS,
+        structure: "nsproxy",
+        paths: &["mnt_ns"],
+        size: 8,
+    },
+    FieldSpec {
+        bit: OFF_MNT_NS_INUM,
+        structure: "mnt_namespace",
+        paths: &["ns.inum"],
+        size: 4,
+    },
 ];
 
 /// A field that could not be resolved.
@@ -212,6 +230,9 @@ fn set(o: &mut KernelOffsets, bit: u64, v: u32) {
         OFF_BINPRM_CRED => o.binprm_cred = v,
         OFF_BINPRM_FILENAME => o.binprm_filename = v,
         OFF_TASK_TI_STATUS => o.task_ti_status = v,
+        OFF_TASK_NSPROXY => o.task_nsproxy = v,
+        OFF_NSPROXY_MNT_NS => o.nsproxy_mnt_ns = v,
+        OFF_MNT_NS_INUM => o.mnt_ns_inum = v,
         _ => unreachable!("unknown offset bit {bit:#x}"),
     }
 }
