@@ -96,19 +96,8 @@ pub fn guard_task_fix_setuid(ctx: LsmContext) -> i32 {
     if !gained {
         return 0;
     }
-    let Some(s) = subject() else {
-        return 0;
-    };
-    let action = s.action(GUARD_ROOT_ESCALATION);
     let arg = ((flags as u64) << 32) | neuid as u64;
-    verdict(report(
-        &s,
-        action,
-        GUARD_ROOT_ESCALATION,
-        TIER_LSM,
-        arg,
-        text(b"setuid"),
-    ))
+    check(GUARD_ROOT_ESCALATION, arg, text(b"setuid"))
 }
 
 /// `root-escalation` (exec of setuid-root and file-capability binaries) and `root-exec`.
@@ -229,13 +218,15 @@ pub fn guard_capable(ctx: LsmContext) -> i32 {
     ))
 }
 
+/// The common end of a hook: if the current task is guarded by `guard`, report the
+/// operation (`arg`, `detail`) and deny it in enforce mode.
 #[inline(always)]
-fn mount_guard<F: FnOnce(*mut u8)>(arg: u64, detail: F) -> i32 {
+fn check<F: FnOnce(*mut u8)>(guard: u32, arg: u64, detail: F) -> i32 {
     let Some(s) = subject() else {
         return 0;
     };
-    let action = s.action(GUARD_MOUNT);
-    verdict(report(&s, action, GUARD_MOUNT, TIER_LSM, arg, detail))
+    let action = s.action(guard);
+    verdict(report(&s, action, guard, TIER_LSM, arg, detail))
 }
 
 /// `mount`: mount(2) in every form. `int sb_mount(const char *dev_name, const struct path
@@ -250,7 +241,11 @@ pub fn guard_sb_mount(ctx: LsmContext) -> i32 {
     let dev: u64 = ctx.arg(0);
     let ty: u64 = ctx.arg(2);
     let flags: u64 = ctx.arg(3);
-    mount_guard(flags, kernel_str(if ty != 0 { ty } else { dev }))
+    check(
+        GUARD_MOUNT,
+        flags,
+        kernel_str(if ty != 0 { ty } else { dev }),
+    )
 }
 
 /// `mount`: `int move_mount(const struct path *from_path, const struct path *to_path)`.
@@ -260,7 +255,7 @@ pub fn guard_move_mount(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    mount_guard(0, text(b"move_mount"))
+    check(GUARD_MOUNT, 0, text(b"move_mount"))
 }
 
 /// `mount`: `int sb_remount(struct super_block *sb, void *mnt_opts)`.
@@ -270,7 +265,7 @@ pub fn guard_sb_remount(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    mount_guard(0, text(b"remount"))
+    check(GUARD_MOUNT, 0, text(b"remount"))
 }
 
 /// `mount`: `int sb_umount(struct vfsmount *mnt, int flags)`.
@@ -281,7 +276,7 @@ pub fn guard_sb_umount(ctx: LsmContext) -> i32 {
         return prev;
     }
     let flags: u32 = ctx.arg(1);
-    mount_guard(flags as u64, text(b"umount"))
+    check(GUARD_MOUNT, flags as u64, text(b"umount"))
 }
 
 /// `mount`: `int sb_pivotroot(const struct path *old_path, const struct path *new_path)`.
@@ -291,23 +286,7 @@ pub fn guard_sb_pivotroot(ctx: LsmContext) -> i32 {
     if prev != 0 {
         return prev;
     }
-    mount_guard(0, text(b"pivot_root"))
-}
-
-#[inline(always)]
-fn modules_guard<F: FnOnce(*mut u8)>(arg: u64, detail: F) -> i32 {
-    let Some(s) = subject() else {
-        return 0;
-    };
-    let action = s.action(GUARD_KERNEL_MODULES);
-    verdict(report(
-        &s,
-        action,
-        GUARD_KERNEL_MODULES,
-        TIER_LSM,
-        arg,
-        detail,
-    ))
+    check(GUARD_MOUNT, 0, text(b"pivot_root"))
 }
 
 /// `kernel-modules`: module autoloading on behalf of the task (a socket family, a
@@ -319,7 +298,7 @@ pub fn guard_kernel_module_request(ctx: LsmContext) -> i32 {
         return prev;
     }
     let name: u64 = ctx.arg(0);
-    modules_guard(0, kernel_str(name))
+    check(GUARD_KERNEL_MODULES, 0, kernel_str(name))
 }
 
 /// `kernel-modules`: init_module(2). `int kernel_load_data(enum kernel_load_data_id id,
@@ -334,7 +313,7 @@ pub fn guard_kernel_load_data(ctx: LsmContext) -> i32 {
     if id != LOADING_MODULE {
         return 0;
     }
-    modules_guard(id as u64, text(b"init_module"))
+    check(GUARD_KERNEL_MODULES, id as u64, text(b"init_module"))
 }
 
 /// `kernel-modules`: finit_module(2). `int kernel_read_file(struct file *file,
@@ -349,7 +328,7 @@ pub fn guard_kernel_read_file(ctx: LsmContext) -> i32 {
     if id != READING_MODULE {
         return 0;
     }
-    modules_guard(id as u64, text(b"finit_module"))
+    check(GUARD_KERNEL_MODULES, id as u64, text(b"finit_module"))
 }
 
 /// ptrace guards for a target task. `attach`: the access is an attach (ptrace(2),
@@ -429,18 +408,7 @@ pub fn guard_bpf(ctx: LsmContext) -> i32 {
         return prev;
     }
     let cmd: i32 = ctx.arg(0);
-    let Some(s) = subject() else {
-        return 0;
-    };
-    let action = s.action(GUARD_BPF);
-    verdict(report(
-        &s,
-        action,
-        GUARD_BPF,
-        TIER_LSM,
-        cmd as u64,
-        text(b"bpf"),
-    ))
+    check(GUARD_BPF, cmd as u64, text(b"bpf"))
 }
 
 /// `bpf`: perf_event_open(2). `int perf_event_open(struct perf_event_attr *attr, int type)`.
@@ -451,18 +419,7 @@ pub fn guard_perf_event_open(ctx: LsmContext) -> i32 {
         return prev;
     }
     let ty: i32 = ctx.arg(1);
-    let Some(s) = subject() else {
-        return 0;
-    };
-    let action = s.action(GUARD_BPF);
-    verdict(report(
-        &s,
-        action,
-        GUARD_BPF,
-        TIER_LSM,
-        ty as u64,
-        text(b"perf_event_open"),
-    ))
+    check(GUARD_BPF, ty as u64, text(b"perf_event_open"))
 }
 
 /// `raw-sockets`: AF_PACKET sockets and SOCK_RAW sockets of the IP families.
@@ -484,18 +441,7 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
     if !raw {
         return 0;
     }
-    let Some(s) = subject() else {
-        return 0;
-    };
-    let action = s.action(GUARD_RAW_SOCKETS);
-    verdict(report(
-        &s,
-        action,
-        GUARD_RAW_SOCKETS,
-        TIER_LSM,
-        family as u64,
-        no_detail,
-    ))
+    check(GUARD_RAW_SOCKETS, family as u64, no_detail)
 }
 
 /// Tier probe: does nothing but pass the previous verdict on. The agent loads and attaches
