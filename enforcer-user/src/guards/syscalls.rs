@@ -66,10 +66,10 @@ fn ptrace_like() -> SyscallRule {
     rule(GUARD_PTRACE, SC_PTRACE_LIKE, 0, 0)
 }
 
-/// Native rules of the architecture enforcer is built for: (syscall number, rule).
-#[cfg(target_arch = "x86_64")]
-pub fn native() -> Vec<(u32, SyscallRule)> {
-    let mut v: Vec<(i64, SyscallRule)> = vec![
+/// Rules whose syscalls every supported architecture has (by their native numbers there).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn shared() -> Vec<(i64, SyscallRule)> {
+    vec![
         // root-escalation
         (libc::SYS_setuid, uids(1)),
         (libc::SYS_setreuid, uids(2)),
@@ -120,9 +120,17 @@ pub fn native() -> Vec<(u32, SyscallRule)> {
         (libc::SYS_clock_settime, any(CAPS)),     // CAP_SYS_TIME
         (libc::SYS_adjtimex, timex(0)),           // CAP_SYS_TIME
         (libc::SYS_clock_adjtime, timex(1)),      // CAP_SYS_TIME
-        (libc::SYS_iopl, any(CAPS)),              // CAP_SYS_RAWIO
-        (libc::SYS_ioperm, any(CAPS)),            // CAP_SYS_RAWIO
-    ];
+    ]
+}
+
+/// Native rules of the architecture enforcer is built for: (syscall number, rule).
+#[cfg(target_arch = "x86_64")]
+pub fn native() -> Vec<(u32, SyscallRule)> {
+    let mut v = shared();
+    v.extend([
+        (libc::SYS_iopl, any(CAPS)),   // CAP_SYS_RAWIO
+        (libc::SYS_ioperm, any(CAPS)), // CAP_SYS_RAWIO
+    ]);
     // quotactl_fd (5.14+) may be missing from older libc releases: 443 on x86-64.
     v.push((443, any(CAPS)));
     // x32 numbers that differ from x86-64 (512..547); x32 calls are looked up with
@@ -138,52 +146,7 @@ pub fn native() -> Vec<(u32, SyscallRule)> {
 
 #[cfg(target_arch = "aarch64")]
 pub fn native() -> Vec<(u32, SyscallRule)> {
-    let v: Vec<(i64, SyscallRule)> = vec![
-        (libc::SYS_setuid, uids(1)),
-        (libc::SYS_setreuid, uids(2)),
-        (libc::SYS_setresuid, uids(3)),
-        (libc::SYS_setfsuid, uids(1)),
-        (libc::SYS_mount, any(GUARD_MOUNT | CAPS)),
-        (libc::SYS_umount2, any(GUARD_MOUNT | CAPS)),
-        (libc::SYS_move_mount, any(GUARD_MOUNT | CAPS)),
-        (libc::SYS_fsopen, any(GUARD_MOUNT | CAPS)),
-        (libc::SYS_fsmount, any(GUARD_MOUNT | CAPS)),
-        (libc::SYS_fspick, any(GUARD_MOUNT | CAPS)),
-        (
-            libc::SYS_open_tree,
-            mask(GUARD_MOUNT | CAPS, 2, OPEN_TREE_CLONE),
-        ),
-        (libc::SYS_mount_setattr, any(GUARD_MOUNT | CAPS)),
-        (libc::SYS_pivot_root, any(GUARD_MOUNT | CAPS)),
-        (libc::SYS_init_module, any(GUARD_KERNEL_MODULES | CAPS)),
-        (libc::SYS_finit_module, any(GUARD_KERNEL_MODULES | CAPS)),
-        (libc::SYS_delete_module, any(GUARD_KERNEL_MODULES | CAPS)),
-        (libc::SYS_ptrace, ptrace()),
-        (libc::SYS_process_vm_readv, ptrace_like()),
-        (libc::SYS_process_vm_writev, ptrace_like()),
-        (libc::SYS_pidfd_getfd, ptrace_like()),
-        (libc::SYS_bpf, any(GUARD_BPF | CAPS)),
-        (libc::SYS_perf_event_open, any(GUARD_BPF | CAPS)),
-        (libc::SYS_socket, packet_socket()),
-        (libc::SYS_setns, any(CAPS)),
-        (libc::SYS_unshare, mask(CAPS, 0, NS_FLAGS)),
-        (libc::SYS_clone, mask(CAPS, 0, CLONE_NS_FLAGS)),
-        (libc::SYS_clone3, rule(CAPS, SC_USER_U64_MASK, 0, NS_FLAGS)),
-        (libc::SYS_sethostname, any(CAPS)),
-        (libc::SYS_setdomainname, any(CAPS)),
-        (libc::SYS_swapon, any(CAPS)),
-        (libc::SYS_swapoff, any(CAPS)),
-        (libc::SYS_quotactl, any(CAPS)),
-        (libc::SYS_open_by_handle_at, any(CAPS)),
-        (libc::SYS_kexec_load, any(CAPS)),
-        (libc::SYS_kexec_file_load, any(CAPS)),
-        (libc::SYS_reboot, any(CAPS)),
-        (libc::SYS_settimeofday, any(CAPS)),
-        (libc::SYS_clock_settime, any(CAPS)),
-        (libc::SYS_adjtimex, timex(0)),
-        (libc::SYS_clock_adjtime, timex(1)),
-    ];
-    v.into_iter().map(|(n, r)| (n as u32, r)).collect()
+    shared().into_iter().map(|(n, r)| (n as u32, r)).collect()
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
