@@ -40,8 +40,13 @@ fn workspace_version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
+/// The name `cargo xtask image` gives the image (what deploy/ asks for).
+pub fn default_tag() -> String {
+    format!("localhost/enforcer:{}", workspace_version())
+}
+
 pub fn image(args: &[String]) -> Result<()> {
-    let mut tag = format!("localhost/enforcer:{}", workspace_version());
+    let mut tag = default_tag();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {

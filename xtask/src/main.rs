@@ -8,8 +8,10 @@
 //!                                 datapath throughput, propagation, per-packet cost; guards
 //!                                 on vs off (fallback tier here, LSM tier in the VM)
 //! image                           static `enforcer` in an OCI image FROM scratch (buildah)
+//! cluster up|down|status|kubectl  a real single-node Kubernetes cluster (root; see cluster/)
 //! ```
 
+mod cluster;
 mod deploy_check;
 mod image;
 mod setup;
@@ -21,7 +23,7 @@ use anyhow::{Result, bail};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]\n       cargo xtask demo [DIR]\n       cargo xtask bench [all|network|guards]\n       cargo xtask image"
+        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]\n       cargo xtask demo [DIR]\n       cargo xtask bench [all|network|guards]\n       cargo xtask image\n       cargo xtask cluster up|down|status|kubectl"
     );
     std::process::exit(2)
 }
@@ -35,6 +37,7 @@ fn main() -> Result<()> {
         "demo" => demo(&args[1..]),
         "bench" => bench(&args[1..]),
         "image" => image::image(&args[1..]),
+        "cluster" => cluster::cluster(&args[1..]),
         _ => usage(),
     }
 }

@@ -39,6 +39,18 @@ const PACKAGES: &[(&str, Option<&str>)] = &[
     ("bpftool", None),
     ("python3-venv", None),
     ("shellcheck", None),
+    // The real-cluster tier (cargo xtask cluster): container runtime, CNI plugins, what
+    // kube-proxy drives, certificates, the static pause binary, the enforcer image.
+    ("containerd", None),
+    ("runc", None),
+    ("containernetworking-plugins", None),
+    ("iptables", None),
+    ("nftables", None),
+    ("conntrack", None),
+    ("openssl", None),
+    ("gcc", None),
+    ("libc6-dev", None),
+    ("buildah", None),
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
