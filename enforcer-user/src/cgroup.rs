@@ -93,6 +93,44 @@ impl Cgroup2Mount {
     }
 }
 
+/// The cgroup2 directory this process runs in, below `mount`.
+///
+/// `/proc/self/cgroup` names it relative to this process's cgroup namespace, which is also
+/// what a mount made in that namespace shows as its root; inside a private cgroup namespace
+/// with the host's hierarchy mounted (a pod with a hostPath /sys/fs/cgroup) the path does
+/// not lead there, so `search` (the kubelet's pod root) is searched for a cgroup.procs that
+/// lists this process (by host pid: the agent runs in the host PID namespace).
+pub fn own_cgroup(mount: &Cgroup2Mount, search: &Path) -> Option<PathBuf> {
+    let pid = std::process::id();
+    let lists_me = |dir: &Path| {
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|s| s.lines().any(|l| l.trim() == pid.to_string()))
+            .unwrap_or(false)
+    };
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = Path::new(rel.trim());
+    let rel = rel.strip_prefix(&mount.root).unwrap_or(rel);
+    let candidate = mount.path.join(rel.strip_prefix("/").unwrap_or(rel));
+    if lists_me(&candidate) {
+        return Some(candidate);
+    }
+    fn walk(dir: &Path, depth: u32, found: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
+        if found(dir) {
+            return Some(dir.to_path_buf());
+        }
+        if depth == 0 {
+            return None;
+        }
+        let rd = fs::read_dir(dir).ok()?;
+        rd.flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .find_map(|e| walk(&e.path(), depth - 1, found))
+    }
+    // kubepods / QoS / pod / container (systemd and cgroupfs layouts alike).
+    walk(search, 4, &lists_me)
+}
+
 /// Octal escapes (`\040` for space) used in mountinfo.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();

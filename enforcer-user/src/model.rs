@@ -72,7 +72,8 @@ pub struct NamedPort {
 pub struct Pod {
     pub namespace: String,
     pub name: String,
-    /// metadata.uid: how the kubelet names the pod's cgroup.
+    /// How the kubelet names the pod's cgroup: metadata.uid, or for the mirror pod of a
+    /// static pod the kubelet's config hash (annotation `kubernetes.io/config.mirror`).
     pub uid: String,
     pub labels: Labels,
     /// spec.nodeName; pods on this node are the local endpoints.

@@ -50,6 +50,9 @@ pub struct PodSpec {
     pub labels: BTreeMap<String, String>,
     /// On the simulated node (enforced) or on another node (peer only).
     pub local: bool,
+    /// A static pod: the kubelet's config hash names its cgroup, and its mirror pod in
+    /// the manifests carries it in `kubernetes.io/config.mirror` (metadata.uid differs).
+    pub config_hash: Option<String>,
 }
 
 impl PodSpec {
@@ -61,7 +64,14 @@ impl PodSpec {
             name: name.into(),
             labels,
             local,
+            config_hash: None,
         }
+    }
+
+    /// A static pod (see [`PodSpec::config_hash`]) with this config hash.
+    pub fn static_pod(mut self, hash: &str) -> Self {
+        self.config_hash = Some(hash.to_string());
+        self
     }
 
     pub fn key(&self) -> String {
@@ -251,10 +261,11 @@ impl SimNode {
             "nodad",
         ]);
         netns.ip(&["link", "set", "eth0", "up"]);
+        let cgroup_uid = spec.config_hash.clone().unwrap_or_else(|| uid.clone());
         let cgroup = spec.local.then(|| {
             let pod_dir = self.kubepods.join(format!(
                 "kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
-                uid.replace('-', "_")
+                cgroup_uid.replace('-', "_")
             ));
             let ctr = pod_dir.join(format!("cri-containerd-{:064x}", host * 7919) + ".scope");
             fs::create_dir_all(&ctr).expect("mkdir pod cgroup");
@@ -311,6 +322,12 @@ impl SimNode {
             );
             for (k, v) in &p.spec.labels {
                 let _ = writeln!(y, "    {k}: \"{v}\"");
+            }
+            if let Some(hash) = &p.spec.config_hash {
+                let _ = writeln!(
+                    y,
+                    "  annotations:\n    kubernetes.io/config.mirror: \"{hash}\""
+                );
             }
             let _ = writeln!(
                 y,
@@ -376,16 +393,31 @@ impl SimNode {
     /// Waits until it is ready.
     pub fn start_agent_nested(&self, extra: &[&str]) -> Agent {
         let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("enforcer-test-"));
-        let mut agent = self.spawn_agent_inner(&bpffs, extra, true);
+        let mut agent = self.spawn_agent_inner(&bpffs, extra, true, None);
+        agent.wait_ready(Duration::from_secs(20));
+        agent
+    }
+
+    /// Start an agent on `bpffs` as the process of a pod would run: in `cgroup` (a
+    /// directory below kubepods that no manifest describes, as a new agent pod's is), and
+    /// wait until it is ready.
+    pub fn start_agent_in(&self, bpffs: &Path, cgroup: &Path, extra: &[&str]) -> Agent {
+        let mut agent = self.spawn_agent_inner(bpffs, extra, false, Some(cgroup));
         agent.wait_ready(Duration::from_secs(20));
         agent
     }
 
     fn spawn_agent_at(&self, bpffs: &Path, extra: &[&str]) -> Agent {
-        self.spawn_agent_inner(bpffs, extra, false)
+        self.spawn_agent_inner(bpffs, extra, false, None)
     }
 
-    fn spawn_agent_inner(&self, bpffs: &Path, extra: &[&str], nested: bool) -> Agent {
+    fn spawn_agent_inner(
+        &self,
+        bpffs: &Path,
+        extra: &[&str],
+        nested: bool,
+        in_cgroup: Option<&Path>,
+    ) -> Agent {
         let bpffs = bpffs.to_path_buf();
         let port = {
             // A free port number (the agent binds it inside the node netns, where nothing
@@ -422,7 +454,7 @@ impl SimNode {
             (
                 Command::new(agent_bin()),
                 self.cgroup_root.path.clone(),
-                None,
+                in_cgroup,
             )
         };
         cmd.args(["run", "--manifests"])

@@ -353,3 +353,81 @@ fn nested_cgroup_namespace_node_is_enforced() {
         agent.log_text()
     );
 }
+
+/// A static pod (kube-apiserver and etcd on kubeadm, kind and minikube nodes; kube-proxy on
+/// GKE's legacy dataplane): the kubelet names its cgroup by its config hash, and only the
+/// mirror pod's `kubernetes.io/config.mirror` annotation joins it to the pod in the API,
+/// whose metadata.uid is another. It must be classified, not dropped as unclassified.
+#[test]
+fn static_pods_are_classified_by_their_mirror_annotation() {
+    let test = "static_pods_are_classified_by_their_mirror_annotation";
+    if !is_root() {
+        skip(
+            test,
+            "needs root (BPF programs, cgroups, network namespaces)",
+        );
+        return;
+    }
+    let mut node = SimNode::new(73);
+    node.add_namespace("x", &[]);
+    node.add_pod(PodSpec::new("x", "a", true));
+    node.add_pod(
+        PodSpec::new("x", "apiserver", true).static_pod("0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+    );
+    node.write_cluster();
+    let _agent = node.start_agent(&[]);
+    // Both directions: the static pod serving and connecting.
+    assert_eq!(
+        node.probe("x/a", "x/apiserver", "tcp", 80, false, 1000),
+        "ok"
+    );
+    assert_eq!(
+        node.probe("x/apiserver", "x/a", "tcp", 80, false, 1000),
+        "ok"
+    );
+    // And policy applies to it like to any pod.
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let start = Instant::now();
+    while node.probe("x/apiserver", "x/a", "tcp", 80, false, 300) != "eperm" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "deny-all not applied to the static pod"
+        );
+    }
+}
+
+/// An agent replaced while its predecessor's programs stay attached (a DaemonSet rollout,
+/// a crash) starts in a new pod cgroup below kubepods that nothing has classified yet. With
+/// `--unclassified deny` it must not cut itself off (in Kubernetes mode it could never reach
+/// the API server to classify anything): its own cgroup is exempt from pod policy, and only
+/// its own.
+#[test]
+fn restarted_agent_in_a_fresh_pod_cgroup_is_not_locked_out() {
+    let Some(mut node) = node(
+        "restarted_agent_in_a_fresh_pod_cgroup_is_not_locked_out",
+        74,
+        &["a"],
+    ) else {
+        return;
+    };
+    let mut first = node.start_agent(&[]);
+    first.stop();
+    let own = node.kubepods.join(
+        "kubepods-burstable.slice/kubepods-burstable-pod5f0c3a2e_1d4b_4e8f_9a6c_2b7d8e9f0a1b.slice/\
+         cri-containerd-7a1f3c5e9b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f1a3c5e7b9d1f3a.scope",
+    );
+    std::fs::create_dir_all(&own).unwrap();
+    // Ready means its health port answered through the attached programs.
+    let second = node.start_agent_in(&first.bpffs, &own, &[]);
+    assert!(
+        second.log_text().contains("is exempt from pod policy"),
+        "{}",
+        second.log_text()
+    );
+    // Any other unclassified cgroup is still denied.
+    node.add_pod(PodSpec::new("x", "late", true));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(node.probe("x/late", "x/a", "tcp", 80, false, 500), "eperm");
+    drop(second);
+    drop(first);
+}

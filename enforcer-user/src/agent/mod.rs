@@ -197,6 +197,52 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The endpoint of the agent's own cgroup until its pod is classified: no pod policy, no
+/// guards (its pod is hostNetwork and privileged in the ways its job needs).
+const OWN_ENDPOINT: Endpoint = Endpoint {
+    id: 0,
+    flags: EP_NET_UNMANAGED,
+    guards_enforce: 0,
+    guards_audit: 0,
+};
+
+/// Find the agent's own cgroup and, when it is below the pods' root, mark it unmanaged in
+/// the (possibly pinned, already attached) ENDPOINTS map at once.
+fn own_cgroup_below(mount: &Cgroup2Mount, kubepods: &Path, dp: &mut Datapath) -> Option<u64> {
+    let path = crate::cgroup::own_cgroup(mount, kubepods)?;
+    if !path.starts_with(kubepods) {
+        return None;
+    }
+    let id = match cgroup_id(&path) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!("the agent's own cgroup {}: {e}", path.display());
+            return None;
+        }
+    };
+    let result = dp.endpoints().and_then(|mut m| {
+        if m.get(&id, 0).is_err() {
+            m.insert(id, OWN_ENDPOINT, 0)
+                .map_err(|e| crate::bpf::BpfError::Map {
+                    map: "ENDPOINTS".into(),
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => tracing::info!(
+            "the agent's own cgroup {} (id {id}) is exempt from pod policy",
+            path.display()
+        ),
+        Err(e) => tracing::error!(
+            "could not mark the agent's own cgroup {} as exempt: {e}",
+            path.display()
+        ),
+    }
+    Some(id)
+}
+
 /// Pod cgroups discovered so far: pod uid -> cgroup ids (pod cgroup and containers).
 #[derive(Default)]
 struct CgroupIndex {
@@ -252,6 +298,8 @@ struct Reconciler {
     root_level_reported: Option<u32>,
     /// Addresses of the local pods, for naming event peers.
     local_ips: BTreeMap<IpAddr, crate::model::ObjectRef>,
+    /// The agent's own cgroup below kubepods: always present, unmanaged.
+    own_cgroup: Option<u64>,
 }
 
 impl Reconciler {
@@ -303,6 +351,9 @@ impl Reconciler {
                     cg_names.insert(*id, le.pod.clone());
                 }
             }
+        }
+        if let Some(id) = self.own_cgroup {
+            want.endpoints.entry(id).or_insert(OWN_ENDPOINT);
         }
         let policy_changed =
             want.policy != self.current.policy || want.ipcache != self.current.ipcache;
@@ -615,24 +666,6 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     ready_metric(0.0);
 
-    // The source starts at once: the API server's initial lists take time.
-    let (snap_tx, mut snap_rx) = source::channel();
-    match &opts.source {
-        SourceKind::Manifests(dir) => {
-            tokio::spawn(source::manifests(dir.clone(), snap_tx, metrics.clone()));
-        }
-        SourceKind::Kubernetes { kubeconfig } => {
-            let node = opts.node.clone();
-            let kubeconfig = kubeconfig.clone();
-            let m = metrics.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::kube::run(node, kubeconfig, snap_tx, m).await {
-                    tracing::error!("Kubernetes source stopped: {e:#}");
-                }
-            });
-        }
-    }
-
     let rel = opts.kubepods.as_deref();
     let kubepods = match kubelet::locate(&cgroup_root, rel) {
         Some(r) => r,
@@ -654,6 +687,29 @@ pub async fn run(opts: Options) -> Result<()> {
     );
     ensure_bpffs(&opts.bpffs)?;
     let mut dp = Datapath::load(Some(&opts.bpffs)).context("loading the eBPF object")?;
+    // The agent's own cgroup (its pod, when it runs in one below kubepods) is never subject
+    // to pod policy: after a restart the previous instance's programs are attached and would
+    // treat a new agent pod as an unclassified cgroup, cutting it off from the API server
+    // it needs to classify anything. Marked before the source starts talking.
+    let own_cgroup = own_cgroup_below(&mount, &kubepods.path, &mut dp);
+    // The source starts now: the API server's initial lists take time.
+    let (snap_tx, mut snap_rx) = source::channel();
+    match &opts.source {
+        SourceKind::Manifests(dir) => {
+            tokio::spawn(source::manifests(dir.clone(), snap_tx, metrics.clone()));
+        }
+        SourceKind::Kubernetes { kubeconfig } => {
+            let node = opts.node.clone();
+            let kubeconfig = kubeconfig.clone();
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::kube::run(node, kubeconfig, snap_tx, m).await {
+                    tracing::error!("Kubernetes source stopped: {e:#}");
+                }
+            });
+        }
+    }
+
     let root_id = cgroup_id(&kubepods.path)?;
     let root_level = mount.level_of(&kubepods.path)?;
     let previous = dp.config().unwrap_or_default();
@@ -710,6 +766,7 @@ pub async fn run(opts: Options) -> Result<()> {
         guards_on,
         root_level_reported: None,
         local_ips: BTreeMap::new(),
+        own_cgroup,
     };
 
     let (mut watcher, initial) = kubelet::Watcher::new(kubepods.clone())?;

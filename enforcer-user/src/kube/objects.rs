@@ -24,7 +24,7 @@ use super::store::Slot;
 use crate::{
     manifests::{
         FieldError,
-        convert::{self, DEFAULT_NAMESPACE},
+        convert::{self, DEFAULT_NAMESPACE, MIRROR_ANNOTATION},
     },
     model::{self, ObjectRef},
     runtime_policy::{self, RuntimePolicy},
@@ -175,7 +175,7 @@ impl Watched for PodLite {
 }
 
 /// A Pod with only what the model needs: metadata (name, namespace, uid, labels,
-/// resourceVersion), `spec.nodeName`, `spec.hostNetwork`, the containers' and init
+/// resourceVersion, the mirror annotation of static pods), `spec.nodeName`, `spec.hostNetwork`, the containers' and init
 /// containers' names, ports and restartPolicy, and `status.phase`, `status.podIP(s)`.
 /// Everything else is skipped while decoding.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -223,8 +223,8 @@ pub struct PodStatusLite {
     pub pod_ips: Option<Vec<core::PodIP>>,
 }
 
-/// The metadata fields the agent reads; annotations, managedFields, ownerReferences, ...
-/// are skipped.
+/// The metadata fields the agent reads; managedFields, ownerReferences, annotations other
+/// than a static pod's config hash, ... are skipped.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LeanMeta {
@@ -238,6 +238,15 @@ struct LeanMeta {
     resource_version: Option<String>,
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    annotations: Option<LeanAnnotations>,
+}
+
+/// The one annotation the agent reads; all others are skipped without being stored.
+#[derive(Deserialize)]
+struct LeanAnnotations {
+    #[serde(default, rename = "kubernetes.io/config.mirror")]
+    mirror: Option<String>,
 }
 
 fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
@@ -248,6 +257,10 @@ fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         uid: m.uid,
         resource_version: m.resource_version,
         labels: m.labels,
+        annotations: m
+            .annotations
+            .and_then(|a| a.mirror)
+            .map(|h| BTreeMap::from([(MIRROR_ANNOTATION.to_string(), h)])),
         ..ObjectMeta::default()
     })
 }
@@ -381,6 +394,17 @@ mod tests {
         assert_eq!(m.name.as_deref(), Some("web-0"));
         assert_eq!(m.resource_version.as_deref(), Some("42"));
         assert!(m.annotations.is_none() && m.managed_fields.is_none());
+        let mirror = serde_json::json!({"metadata": {"name": "m", "uid": "u",
+            "annotations": {"kubernetes.io/config.mirror": "abc", "big": "x".repeat(4096)}}});
+        let lite_mirror: PodLite = serde_json::from_value(mirror).unwrap();
+        assert_eq!(
+            lite_mirror.metadata.annotations,
+            Some(BTreeMap::from([(
+                MIRROR_ANNOTATION.to_string(),
+                "abc".to_string()
+            )])),
+            "only the mirror annotation is kept"
+        );
         assert!(m.owner_references.is_none() && m.finalizers.is_none());
         assert!(m.generate_name.is_none());
         let pod = lite.clone().into_pod();
@@ -426,6 +450,12 @@ mod tests {
                    "status": {"podIPs": [{"ip": "10.0.0.300"}]}}),
             // Missing uid.
             json!({"metadata": {"name": "nouid", "namespace": "n"}}),
+            // The mirror pod of a static pod: the config hash names its cgroup.
+            json!({"metadata": {"name": "etcd-n1", "namespace": "kube-system", "uid": "u5",
+                                "annotations": {"kubernetes.io/config.mirror": "2f1c44285aa441ea22ffa411d99649c1",
+                                                "kubernetes.io/config.hash": "2f1c44285aa441ea22ffa411d99649c1",
+                                                "other": "x".repeat(10_000)}},
+                   "spec": {"hostNetwork": true, "nodeName": "n1", "containers": [{"name": "etcd"}]}}),
         ];
         for value in cases {
             let full: core::Pod = serde_json::from_value(value.clone()).unwrap();

@@ -288,9 +288,22 @@ pub fn namespace(ns: &core::Namespace) -> Result<model::Namespace, Vec<FieldErro
     errs.finish(model::Namespace { name, labels })
 }
 
+/// The annotation the kubelet puts on a static pod's mirror pod: the config hash by which
+/// it names the pod (and the pod's cgroup) on the node.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+fn is_uid_like(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
 /// Converts a Pod: identity, labels, placement, addresses and named ports.
 ///
-/// `metadata.uid` is required: it is how the kubelet names the pod's cgroup. Named ports
+/// `metadata.uid` is required: it is how the kubelet names the pod's cgroup, except for a
+/// static pod, whose mirror pod names the kubelet's config hash in the annotation
+/// [`MIRROR_ANNOTATION`]: the model's `uid` is then that hash. Named ports
 /// are collected from every container and from sidecars (init containers with
 /// `restartPolicy: Always`); unnamed ports are irrelevant to policy and not checked.
 pub fn pod(pod: &core::Pod) -> Result<model::Pod, Vec<FieldError>> {
@@ -307,11 +320,7 @@ pub fn pod(pod: &core::Pod) -> Result<model::Pod, Vec<FieldError>> {
             String::new()
         }
         Some(uid) => {
-            let valid = uid.len() <= 128
-                && uid
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
-            if !valid {
+            if !is_uid_like(uid) {
                 errs.push(
                     "metadata.uid",
                     format!(
@@ -322,6 +331,26 @@ pub fn pod(pod: &core::Pod) -> Result<model::Pod, Vec<FieldError>> {
             }
             uid.to_string()
         }
+    };
+    // A static pod's cgroup is named by the kubelet's config hash, which its mirror pod in
+    // the API carries in this annotation (its own metadata.uid is another).
+    let uid = match meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MIRROR_ANNOTATION))
+    {
+        Some(hash) if is_uid_like(hash) => hash.clone(),
+        Some(hash) => {
+            errs.push(
+                format!("metadata.annotations[{MIRROR_ANNOTATION}]"),
+                format!(
+                    "invalid value {hash:?}: a static pod's config hash (at most 128 letters, \
+                     digits, '-' and '_')"
+                ),
+            );
+            uid
+        }
+        None => uid,
     };
     let labels = labels(meta.labels.as_ref(), "metadata.labels", &mut errs);
 

@@ -257,6 +257,25 @@ fn pod_ip_fallback_is_checked() {
 }
 
 #[test]
+fn static_pod_mirror_is_keyed_by_the_config_hash() {
+    let hash = "2f1c44285aa441ea22ffa411d99649c1";
+    let pod = pod_of(
+        json!({"metadata": {"name": "etcd-n1", "namespace": "kube-system",
+        "uid": "6f2d1c8e-0a4b-4c55-9a1e-1f3b5c7d9e0f",
+        "annotations": {"kubernetes.io/config.mirror": hash}}}),
+    )
+    .unwrap();
+    assert_eq!(pod.uid, hash);
+    let errors = pod_of(json!({"metadata": {"name": "e", "uid": "u",
+        "annotations": {"kubernetes.io/config.mirror": "../x"}}}))
+    .unwrap_err();
+    assert_eq!(
+        errors[0].field,
+        "metadata.annotations[kubernetes.io/config.mirror]"
+    );
+}
+
+#[test]
 fn pod_uid_syntax() {
     let errors = pod_of(json!({"metadata": {"name": "a", "uid": "../../etc"}})).unwrap_err();
     assert_eq!(errors[0].field, "metadata.uid");
