@@ -211,10 +211,100 @@ impl NetworkPolicy {
     }
 }
 
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    /// spec.ports[].name ("" when the Service has a single unnamed port). EndpointSlice
+    /// ports are matched to it by this name.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// spec.ports[].nodePort (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+}
+
+/// A Service, as far as translating its frontends goes. Headless and ExternalName Services
+/// have no cluster IPs and need no translation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// spec.clusterIPs (or spec.clusterIP); empty for headless and ExternalName Services.
+    pub cluster_ips: Vec<IpAddr>,
+    /// spec.externalIPs.
+    pub external_ips: Vec<IpAddr>,
+    /// status.loadBalancer.ingress[].ip.
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// sessionAffinity ClientIP: the affinity timeout in seconds (default 10800).
+    pub affinity_timeout_s: Option<u32>,
+    /// internalTrafficPolicy Local: cluster IPs only reach backends on the client's node.
+    pub internal_local: bool,
+    /// externalTrafficPolicy Local: node ports, external and load balancer IPs only reach
+    /// backends on this node.
+    pub external_local: bool,
+}
+
+impl Service {
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// A port of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlicePort {
+    /// Matches `ServicePort::name`.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SliceEndpoint {
+    /// addresses (all of the slice's address family).
+    pub addresses: Vec<IpAddr>,
+    /// conditions.ready (absent: true).
+    pub ready: bool,
+    /// conditions.serving (absent: the value of ready).
+    pub serving: bool,
+    /// conditions.terminating (absent: false).
+    pub terminating: bool,
+    /// nodeName.
+    pub node_name: Option<String>,
+}
+
+/// An EndpointSlice of a Service (label `kubernetes.io/service-name`). Slices of the FQDN
+/// address type are not kept (nothing to translate to).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// The owning Service's name, in the same namespace.
+    pub service: String,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+impl EndpointSlice {
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
 /// Everything the compilers need to know about the cluster, from any source.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<ObjectRef, Pod>,
     pub network_policies: BTreeMap<ObjectRef, NetworkPolicy>,
+    pub services: BTreeMap<ObjectRef, Service>,
+    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
 }
