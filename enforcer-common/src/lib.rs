@@ -13,7 +13,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes. Pinned maps of another version are not reused.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 // ---------------------------------------------------------------------------------------
 // Configuration (Array map `CONFIG`, one entry)
@@ -86,7 +86,8 @@ pub struct Endpoint {
 
 /// Identity of an address no entry matches.
 pub const IDENTITY_WORLD: u32 = 0;
-/// Identity of this node's own addresses: always allowed, as upstream documents.
+/// Reserved (formerly "this node"; node addresses now carry `IP_HOST` and a normal
+/// identity, so egress to them is judged like any address).
 pub const IDENTITY_HOST: u32 = 1;
 /// First identity the agent allocates for peer classes.
 pub const IDENTITY_FIRST_DYNAMIC: u32 = 16;
@@ -100,10 +101,10 @@ pub struct IpKey {
     pub addr: [u8; 16],
 }
 
-/// `IpInfo::flags`: socket-level hooks (connect/sendmsg) do not judge this destination;
-/// the packet path does, after any NAT (used for Service CIDRs, whose addresses kube-proxy
-/// translates after `connect()`).
-pub const IP_DEFER_TO_PACKET: u32 = 1 << 0;
+/// `IpInfo::flags`: an address of this node (not a Service frontend). Ingress from it is
+/// always allowed (kubelet probes, as upstream documents); egress to it is judged by policy
+/// like any other address, under the identity of its class.
+pub const IP_HOST: u32 = 1 << 0;
 
 /// Value of an `IPCACHE` entry.
 #[repr(C)]
@@ -191,6 +192,102 @@ pub struct CtValue {
 }
 
 // ---------------------------------------------------------------------------------------
+// Services (socket-level translation)
+// ---------------------------------------------------------------------------------------
+
+/// A Service frontend (HashMap `SERVICES`): an address, port and protocol that the socket
+/// hooks translate to a backend before anything else sees the connection. ClusterIPs,
+/// NodePorts on the node's addresses, externalIPs and load balancer IPs are frontends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcKey {
+    pub addr: [u8; 16],
+    /// Port in network byte order.
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// `SvcValue::flags`: sessionAffinity ClientIP (the client is the pod: its netns cookie).
+pub const SVC_AFFINITY: u32 = 1 << 0;
+
+/// Where a frontend leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcValue {
+    /// Backend set id: `BACKENDS` keys `(set, 0..count)`. Never 0.
+    pub set: u32,
+    /// Number of backends in the set; 0: no ready backend, the connection is refused.
+    pub count: u32,
+    /// `SVC_*` bits.
+    pub flags: u32,
+    /// Session affinity timeout, seconds (with `SVC_AFFINITY`).
+    pub affinity_timeout_s: u32,
+}
+
+/// One slot of a backend set (HashMap `BACKENDS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub set: u32,
+    pub slot: u32,
+}
+
+/// A backend address: a ready endpoint of the Service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    /// Port in network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub _pad2: u32,
+}
+
+/// `AffinityKey::kind`: sessionAffinity ClientIP, `cookie` is the client's netns cookie.
+pub const AFFINITY_CLIENT: u32 = 1;
+/// Unconnected datagram sockets keep one backend per socket (`cookie` is the socket
+/// cookie), so that replies of one conversation come from one backend.
+pub const AFFINITY_SOCKET: u32 = 2;
+
+/// Key of the LRU map `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub cookie: u64,
+    pub set: u32,
+    /// `AFFINITY_*`.
+    pub kind: u32,
+}
+
+/// The backend a client or socket was given, and when it last used it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub last_seen_ns: u64,
+    pub backend: Backend,
+}
+
+/// Reverse translation (LRU map `REVNAT`): for one socket, a backend it was translated to
+/// -> the frontend the application asked for. recvmsg and getpeername show the frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevKey {
+    /// Socket cookie.
+    pub cookie: u64,
+    pub backend: Backend,
+}
+
+/// Value of `REVNAT`: the frontend address and port (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevValue {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+// ---------------------------------------------------------------------------------------
 // Runtime guards
 // ---------------------------------------------------------------------------------------
 
@@ -230,6 +327,8 @@ pub const REASON_NOT_ISOLATED: u8 = 4;
 pub const REASON_REPLY: u8 = 5;
 pub const REASON_HOST: u8 = 6;
 pub const REASON_LOOPBACK: u8 = 7;
+/// A Service frontend with no ready backend: the connection is refused.
+pub const REASON_NO_BACKEND: u8 = 8;
 
 /// A network verdict.
 #[repr(C)]
@@ -300,7 +399,13 @@ pub const CNT_EXEMPT_PASSED: u32 = 9;
 /// A task storage operation on `EXEMPT` failed (an exemption not granted, or a mark that
 /// could not be removed and was zeroed instead).
 pub const CNT_EXEMPT_ERRORS: u32 = 10;
-pub const CNT_MAX: u32 = 11;
+/// A socket call to a Service frontend was translated to a backend.
+pub const CNT_SVC_TRANSLATED: u32 = 11;
+/// A socket call to a Service frontend with no ready backend was refused.
+pub const CNT_SVC_NO_BACKEND: u32 = 12;
+/// recvmsg/getpeername showed a Service frontend instead of its backend.
+pub const CNT_SVC_REVERSED: u32 = 13;
+pub const CNT_MAX: u32 = 14;
 
 // ---------------------------------------------------------------------------------------
 // Runtime guards: arming, settings, fallback syscall rules, kernel offsets
@@ -544,6 +649,14 @@ assert_size!(PolicyValue, 8);
 assert_size!(CtKey, 28);
 assert_size!(CtValue, 16);
 assert_size!(NetEvent, 64);
+assert_size!(SvcKey, 20);
+assert_size!(SvcValue, 16);
+assert_size!(BackendKey, 8);
+assert_size!(Backend, 24);
+assert_size!(AffinityKey, 16);
+assert_size!(AffinityValue, 32);
+assert_size!(RevKey, 32);
+assert_size!(RevValue, 20);
 assert_size!(GuardEvent, 120);
 assert_size!(GuardConfig, 8);
 assert_size!(SyscallRule, 16);
@@ -570,6 +683,22 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SvcKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SvcValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RevKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RevValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for GuardEvent {}
     // SAFETY: as above.

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    Config, CtKey, CtValue, Endpoint, ExemptTask, GuardConfig, IpInfo, IpKey, PolicyKey,
-    PolicyValue, SyscallRule, CNT_MAX, SYSCALL_RULES_MAX,
+    AffinityKey, AffinityValue, Backend, BackendKey, Config, CtKey, CtValue, Endpoint, ExemptTask,
+    GuardConfig, IpInfo, IpKey, PolicyKey, PolicyValue, RevKey, RevValue, SvcKey, SvcValue,
+    SyscallRule, CNT_MAX, SYSCALL_RULES_MAX,
 };
 
 use crate::task_storage::TaskStorage;
@@ -33,6 +34,26 @@ pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(1
 /// Flows seen per endpoint, for stateful replies.
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Service frontend -> backend set. Sized for GKE's limits (10,000 Services, a few ports
+/// and frontends each).
+#[map]
+pub static SERVICES: HashMap<SvcKey, SvcValue> = HashMap::with_max_entries(131_072, 0);
+
+/// (backend set, slot) -> backend address. Not preallocated: memory follows use.
+#[map]
+pub static BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::with_max_entries(262_144, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Session affinity (per client netns) and per-socket backends of unconnected datagram
+/// sockets.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(65_536, 0);
+
+/// (socket, backend) -> the Service frontend it was translated from.
+#[map]
+pub static REVNAT: LruHashMap<RevKey, RevValue> = LruHashMap::with_max_entries(131_072, 0);
 
 /// Verdict and guard events to the agent.
 #[map]

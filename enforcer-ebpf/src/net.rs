@@ -12,11 +12,18 @@
 //!    ports and `endPort` ranges.
 //!
 //! Socket hooks (connect/sendmsg) run steps 2-7 before a packet exists so that a denied
-//! `connect()` fails at once with EPERM instead of timing out.
+//! `connect()` fails at once with EPERM instead of timing out. Before that they translate
+//! a Service frontend to one of its backends (socket-level load balancing): every later
+//! stage, our packet hooks, conntrack, kube-proxy and any CNI, sees the backend pod, and
+//! policy judges the backend. recvmsg and getpeername translate back, so the application
+//! sees the address it asked for.
 
 use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    bindings::{__sk_buff, bpf_sock_addr},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_skb_load_bytes,
+    },
     macros::{cgroup_skb, cgroup_sock_addr, map},
     maps::{lpm_trie::Key, PerCpuArray},
     programs::{SkBuffContext, SockAddrContext},
@@ -25,7 +32,9 @@ use enforcer_common::*;
 
 use crate::{
     endpoint,
-    maps::{config, count, CONNTRACK, EVENTS, IPCACHE, POLICY},
+    maps::{
+        config, count, AFFINITY, BACKENDS, CONNTRACK, EVENTS, IPCACHE, POLICY, REVNAT, SERVICES,
+    },
 };
 
 const ALLOW: i32 = 1;
@@ -43,6 +52,7 @@ fn has_ports(proto: u8) -> bool {
 }
 
 /// A packet (or a socket call) seen from its endpoint: the pod's side is `local`.
+#[derive(Clone, Copy)]
 pub struct Flow {
     remote: [u8; 16],
     local: [u8; 16],
@@ -270,7 +280,7 @@ struct Decision {
 }
 
 /// Steps 3-7 for a flow of a classified endpoint. `packet` is false for socket hooks,
-/// which may not deny a destination flagged `IP_DEFER_TO_PACKET` and do not create state.
+/// which do not refresh state.
 #[inline(always)]
 fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
     let mut d = Decision {
@@ -338,9 +348,11 @@ fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
         return d;
     }
     let info = identity_of(&f.remote);
-    let (identity, ipflags) = (info.identity, info.flags);
+    let identity = info.identity;
     d.identity = identity;
-    if identity == IDENTITY_HOST {
+    // Ingress from this node (kubelet probes) is always allowed, as upstream documents;
+    // egress to the node's addresses is judged like any address.
+    if f.direction == DIR_INGRESS && info.flags & IP_HOST != 0 {
         d.reason = REASON_HOST;
         return d;
     }
@@ -352,11 +364,6 @@ fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
     if let Some(v) = policy_lookup(ep.id, identity, f) {
         d.reason = REASON_POLICY;
         d.policy = v.policy;
-        return d;
-    }
-    if !packet && ipflags & IP_DEFER_TO_PACKET != 0 {
-        d.track = false;
-        d.report = false;
         return d;
     }
     d.allow = false;
@@ -455,50 +462,217 @@ pub fn net_egress(ctx: SkBuffContext) -> i32 {
     skb_verdict(&ctx, DIR_EGRESS)
 }
 
-/// connect()/sendmsg() check. Return 1 to let the call proceed, 0 to fail it with EPERM.
+/// Read the destination of a socket call (`user_ip4`/`user_ip6`, `user_port`).
 #[inline(always)]
-fn sock_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
+fn sock_dest(sa: *mut bpf_sock_addr, v6: bool) -> ([u8; 16], u16) {
+    // SAFETY: reads of the program's own context fields.
+    unsafe {
+        let mut a = [0u8; 16];
+        if v6 {
+            let w = (*sa).user_ip6;
+            a[0..4].copy_from_slice(&w[0].to_ne_bytes());
+            a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+            a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+            a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        } else {
+            a = v4_mapped((*sa).user_ip4.to_ne_bytes());
+        }
+        (a, u16::from_be((*sa).user_port as u16))
+    }
+}
+
+/// Rewrite the destination of a socket call. An IPv4 socket only ever gets IPv4 addresses
+/// (frontends and backends of one set share the family; the agent guarantees it).
+#[inline(always)]
+fn set_sock_dest(sa: *mut bpf_sock_addr, v6: bool, addr: &[u8; 16], port: [u8; 2]) {
+    // SAFETY: writes of context fields the verifier allows these program types to write.
+    unsafe {
+        if v6 {
+            (*sa).user_ip6[0] = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+            (*sa).user_ip6[1] = u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]);
+            (*sa).user_ip6[2] = u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]);
+            (*sa).user_ip6[3] = u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]);
+        } else {
+            (*sa).user_ip4 = u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]);
+        }
+        (*sa).user_port = u16::from_ne_bytes(port) as u32;
+    }
+}
+
+/// Outcome of looking a destination up among the Service frontends.
+enum Translation {
+    /// Not a frontend.
+    None,
+    /// A frontend with no ready backend.
+    NoBackend,
+    /// A frontend, and the backend chosen for this call.
+    To(Backend),
+}
+
+/// Choose a backend of `svc`: the client's affine backend (sessionAffinity ClientIP), the
+/// socket's own for unconnected datagrams, else a random one.
+#[inline(always)]
+fn pick_backend(sa: *mut bpf_sock_addr, svc: &SvcValue, sticky_socket: bool) -> Option<Backend> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (kind, cookie, timeout_ns) = if svc.flags & SVC_AFFINITY != 0 {
+        // SAFETY: helper on the program's own context.
+        let c = unsafe { bpf_get_netns_cookie(sa as *mut _) };
+        (
+            AFFINITY_CLIENT,
+            c,
+            svc.affinity_timeout_s as u64 * 1_000_000_000,
+        )
+    } else if sticky_socket {
+        // SAFETY: as above.
+        let c = unsafe { bpf_get_socket_cookie(sa as *mut _) };
+        (AFFINITY_SOCKET, c, u64::MAX)
+    } else {
+        (0, 0, 0)
+    };
+    let akey = AffinityKey {
+        cookie,
+        set: svc.set,
+        kind,
+    };
+    if kind != 0 {
+        if let Some(v) = AFFINITY.get_ptr_mut(&akey) {
+            // SAFETY: LRU entry of plain data; a racing update at worst picks anew.
+            let v = unsafe { &mut *v };
+            if now.wrapping_sub(v.last_seen_ns) < timeout_ns {
+                v.last_seen_ns = now;
+                return Some(v.backend);
+            }
+        }
+    }
+    // SAFETY: helper without arguments.
+    let r = unsafe { bpf_get_prandom_u32() };
+    let slot = r % svc.count;
+    // SAFETY: values are copied out at once.
+    let b = match unsafe { BACKENDS.get(&BackendKey { set: svc.set, slot }) } {
+        Some(b) => *b,
+        // The agent is shrinking the set right now: slot 0 stays valid longest.
+        None => *unsafe {
+            BACKENDS.get(&BackendKey {
+                set: svc.set,
+                slot: 0,
+            })
+        }?,
+    };
+    if kind != 0 {
+        let v = AffinityValue {
+            last_seen_ns: now,
+            backend: b,
+        };
+        let _ = AFFINITY.insert(&akey, &v, 0);
+    }
+    Some(b)
+}
+
+#[inline(always)]
+fn translate(sa: *mut bpf_sock_addr, f: &Flow, sticky_socket: bool) -> Translation {
+    let key = SvcKey {
+        addr: f.remote,
+        port: f.dport.to_be_bytes(),
+        protocol: f.protocol,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(svc) = (unsafe { SERVICES.get(&key).copied() }) else {
+        return Translation::None;
+    };
+    if svc.count == 0 {
+        return Translation::NoBackend;
+    }
+    match pick_backend(sa, &svc, sticky_socket) {
+        Some(b) => Translation::To(b),
+        None => Translation::NoBackend,
+    }
+}
+
+/// connect()/sendmsg(): translate a Service frontend, then judge the destination. Return 1
+/// to let the call proceed, 0 to fail it with EPERM.
+#[inline(always)]
+fn sock_verdict(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     let Some(cfg) = config() else {
         return ALLOW;
     };
-    let Some(f) = scratch() else {
-        return ALLOW;
-    };
     let sa = ctx.sock_addr;
+    // On the stack: the per-CPU scratch of the packet hooks could be overwritten by a
+    // softirq on this CPU while this process-context program runs.
+    let mut f = Flow {
+        remote: [0; 16],
+        local: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        dport: 0,
+        protocol: 0,
+        direction: DIR_EGRESS,
+        tcp_flags: 0,
+        _pad: [0; 7],
+    };
     // SAFETY: reads of the program's own context fields.
     unsafe {
         f.protocol = (*sa).protocol as u8;
-        f.dport = u16::from_be((*sa).user_port as u16);
-        if v6 {
-            let w = (*sa).user_ip6;
-            f.remote[0..4].copy_from_slice(&w[0].to_ne_bytes());
-            f.remote[4..8].copy_from_slice(&w[1].to_ne_bytes());
-            f.remote[8..12].copy_from_slice(&w[2].to_ne_bytes());
-            f.remote[12..16].copy_from_slice(&w[3].to_ne_bytes());
-        } else {
-            f.remote = v4_mapped((*sa).user_ip4.to_ne_bytes());
-        }
         let sk = (*sa).__bindgen_anon_1.sk;
-        f.local_port = if sk.is_null() {
-            0
-        } else {
-            (*sk).src_port as u16
-        };
+        if !sk.is_null() {
+            f.local_port = (*sk).src_port as u16;
+        }
     }
     if !has_ports(f.protocol) {
         return ALLOW;
     }
-    f.local = [0; 16];
-    f.remote_port = f.dport;
-    f.direction = DIR_EGRESS;
+    let (remote, dport) = sock_dest(sa, v6);
+    f.remote = remote;
+    f.dport = dport;
+    f.remote_port = dport;
     f.tcp_flags = if f.protocol == PROTO_TCP { TCP_SYN } else { 0 };
     let (cgid, ep) = endpoint::of_current(cfg.root_cgroup_id, cfg.root_level);
+    // hostNetwork pods (and the agent itself) are untouched: no translation, no policy.
+    if let Some(e) = ep {
+        if e.flags & EP_NET_UNMANAGED != 0 {
+            return ALLOW;
+        }
+    }
+    match translate(sa, &f, sendmsg) {
+        Translation::None => {}
+        Translation::NoBackend => {
+            count(CNT_SVC_NO_BACKEND);
+            let id = ep.map(|e| e.id).unwrap_or(0);
+            emit(
+                cgid,
+                id,
+                &f,
+                IDENTITY_WORLD,
+                0,
+                VERDICT_DENY,
+                REASON_NO_BACKEND,
+            );
+            return DROP;
+        }
+        Translation::To(b) => {
+            count(CNT_SVC_TRANSLATED);
+            // SAFETY: helper on the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(sa as *mut _) };
+            let rk = RevKey { cookie, backend: b };
+            let rv = RevValue {
+                addr: f.remote,
+                port: f.dport.to_be_bytes(),
+                _pad: [0; 2],
+            };
+            let _ = REVNAT.insert(&rk, &rv, 0);
+            set_sock_dest(sa, v6, &b.addr, b.port);
+            f.remote = b.addr;
+            f.dport = u16::from_be_bytes(b.port);
+            f.remote_port = f.dport;
+        }
+    }
     let Some(ep) = ep else {
         if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !is_loopback(&f.remote) {
             emit(
                 cgid,
                 0,
-                f,
+                &f,
                 IDENTITY_WORLD,
                 0,
                 VERDICT_DENY,
@@ -508,31 +682,76 @@ fn sock_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
         }
         return ALLOW;
     };
-    let d = decide(cfg, &ep, f, false);
+    let d = decide(cfg, &ep, &f, false);
     if d.allow || cfg.flags & CFG_NET_AUDIT != 0 {
         // The packet path reports and tracks the flow.
         return ALLOW;
     }
-    emit(cgid, ep.id, f, d.identity, 0, VERDICT_DENY, d.reason);
+    emit(cgid, ep.id, &f, d.identity, 0, VERDICT_DENY, d.reason);
     DROP
+}
+
+/// recvmsg()/getpeername(): show the Service frontend instead of the backend this socket
+/// was translated to. These hooks cannot deny; they always return 1.
+#[inline(always)]
+fn sock_reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa = ctx.sock_addr;
+    let (addr, port) = sock_dest(sa, v6);
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa as *mut _) };
+    let key = RevKey {
+        cookie,
+        backend: Backend {
+            addr,
+            port: port.to_be_bytes(),
+            _pad: [0; 2],
+            _pad2: 0,
+        },
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(v) = unsafe { REVNAT.get(&key).copied() } {
+        set_sock_dest(sa, v6, &v.addr, v.port);
+        count(CNT_SVC_REVERSED);
+    }
+    ALLOW
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn net_connect4(ctx: SockAddrContext) -> i32 {
-    sock_verdict(&ctx, false)
+    sock_verdict(&ctx, false, false)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn net_connect6(ctx: SockAddrContext) -> i32 {
-    sock_verdict(&ctx, true)
+    sock_verdict(&ctx, true, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn net_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_verdict(&ctx, false)
+    sock_verdict(&ctx, false, true)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn net_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock_verdict(&ctx, true)
+    sock_verdict(&ctx, true, true)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn net_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_reverse(&ctx, false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn net_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_reverse(&ctx, true)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn net_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_reverse(&ctx, false)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn net_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_reverse(&ctx, true)
 }

@@ -36,8 +36,9 @@ use aya::{
     },
 };
 use enforcer_common::{
-    ABI_VERSION, ARM_AGENT, Config, CtKey, CtValue, Endpoint, ExemptTask, GuardConfig, IpInfo,
-    IpKey, PolicyKey, PolicyValue, SYSCALL_RULES_MAX, SyscallRule,
+    ABI_VERSION, ARM_AGENT, AffinityKey, AffinityValue, Backend, BackendKey, Config, CtKey,
+    CtValue, Endpoint, ExemptTask, GuardConfig, IpInfo, IpKey, PolicyKey, PolicyValue,
+    SYSCALL_RULES_MAX, SvcKey, SvcValue, SyscallRule,
 };
 use thiserror::Error;
 
@@ -56,6 +57,10 @@ pub mod map_names {
     pub const IPCACHE: &str = "IPCACHE";
     pub const POLICY: &str = "POLICY";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const REVNAT: &str = "REVNAT";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ARMED: &str = "ARMED";
@@ -74,6 +79,10 @@ pub mod map_names {
         IPCACHE,
         POLICY,
         CONNTRACK,
+        SERVICES,
+        BACKENDS,
+        AFFINITY,
+        REVNAT,
         EVENTS,
         COUNTERS,
         ARMED,
@@ -97,6 +106,10 @@ pub const NET_SOCK_PROGRAMS: &[&str] = &[
     "net_connect6",
     "net_sendmsg4",
     "net_sendmsg6",
+    "net_recvmsg4",
+    "net_recvmsg6",
+    "net_getpeername4",
+    "net_getpeername6",
 ];
 
 /// LSM programs and their hooks (every guard program of the LSM tier).
@@ -750,6 +763,23 @@ impl Datapath {
         HashMap::try_from(map).map_err(map_err(map_names::CONNTRACK))
     }
 
+    pub fn services(&mut self) -> Result<HashMap<&mut MapData, SvcKey, SvcValue>, BpfError> {
+        let map = self.map_mut(map_names::SERVICES)?;
+        HashMap::try_from(map).map_err(map_err(map_names::SERVICES))
+    }
+
+    pub fn backends(&mut self) -> Result<HashMap<&mut MapData, BackendKey, Backend>, BpfError> {
+        let map = self.map_mut(map_names::BACKENDS)?;
+        HashMap::try_from(map).map_err(map_err(map_names::BACKENDS))
+    }
+
+    pub fn affinity(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, AffinityKey, AffinityValue>, BpfError> {
+        let map = self.map_mut(map_names::AFFINITY)?;
+        HashMap::try_from(map).map_err(map_err(map_names::AFFINITY))
+    }
+
     /// Take the events ring buffer (for the event reader task).
     pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<aya::maps::MapData>, BpfError> {
         let map = self
@@ -1080,6 +1110,26 @@ mod abi {
                 map_names::CONNTRACK,
                 size_of::<CtKey>() as u32,
                 size_of::<CtValue>() as u32,
+            ),
+            (
+                map_names::SERVICES,
+                size_of::<SvcKey>() as u32,
+                size_of::<SvcValue>() as u32,
+            ),
+            (
+                map_names::BACKENDS,
+                size_of::<BackendKey>() as u32,
+                size_of::<Backend>() as u32,
+            ),
+            (
+                map_names::AFFINITY,
+                size_of::<AffinityKey>() as u32,
+                size_of::<AffinityValue>() as u32,
+            ),
+            (
+                map_names::REVNAT,
+                size_of::<RevKey>() as u32,
+                size_of::<RevValue>() as u32,
             ),
             (map_names::EVENTS, 0, 0),
             (map_names::COUNTERS, u32s, 8),

@@ -81,9 +81,9 @@ enum Command {
         /// Denial log lines per second before rate limiting.
         #[arg(long, default_value_t = 20.0)]
         log_rate: f64,
-        /// The cluster's Service CIDR (repeatable): connect() to these addresses is judged
-        /// after kube-proxy's NAT, on the packet path.
-        #[arg(long = "service-cidr")]
+        /// Retired: Services are translated at the socket (no deferral any more). Accepted
+        /// so that existing manifests keep starting; a warning says it is ignored.
+        #[arg(long = "service-cidr", hide = true)]
         service_cidrs: Vec<ipnet::IpNet>,
         /// Runtime guard tier.
         #[arg(long, value_enum, default_value = "auto")]
@@ -134,6 +134,12 @@ fn main() -> Result<()> {
             service_cidrs,
             runtime_guards,
         } => {
+            if !service_cidrs.is_empty() {
+                tracing::warn!(
+                    "--service-cidr is retired and ignored: Service addresses are translated \
+                     to their backends at the socket and judged as the backend pods"
+                );
+            }
             let opts = agent::Options {
                 source: match manifests {
                     Some(dir) => SourceKind::Manifests(dir),
@@ -152,7 +158,6 @@ fn main() -> Result<()> {
                 network_audit,
                 allow_events,
                 log_rate,
-                service_cidrs,
                 guards: match runtime_guards {
                     GuardsArg::Auto => GuardsMode::Auto,
                     GuardsArg::Lsm => GuardsMode::Lsm,

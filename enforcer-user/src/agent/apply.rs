@@ -1,24 +1,29 @@
 //! Writing the desired state into the kernel maps, as diffs, in an order that never opens a
 //! window: new policy entries before the identities that use them, identities before the
-//! endpoints that become isolated; removals in the reverse order.
+//! endpoints that become isolated; removals in the reverse order. Services: backend slots
+//! before the frontends that count them, frontends removed before their slots.
 
 use std::collections::BTreeMap;
 
 use aya::maps::MapError;
-use enforcer_common::{Endpoint, IpInfo, IpKey, PolicyValue};
+use enforcer_common::{
+    Backend, BackendKey, Endpoint, IpInfo, IpKey, PolicyValue, SvcKey, SvcValue,
+};
 
 use crate::{
     bpf::{BpfError, Datapath, lpm_key},
     policy::{IpPrefix, PolicyPrefix, diff},
 };
 
-/// The kernel-side picture: exactly what the three maps hold.
+/// The kernel-side picture: exactly what the agent-written maps hold.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MapState {
     /// cgroup id -> endpoint.
     pub endpoints: BTreeMap<u64, Endpoint>,
     pub ipcache: BTreeMap<IpPrefix, IpInfo>,
     pub policy: BTreeMap<PolicyPrefix, PolicyValue>,
+    pub services: BTreeMap<SvcKey, SvcValue>,
+    pub backends: BTreeMap<BackendKey, Backend>,
 }
 
 /// What one apply did.
@@ -82,6 +87,20 @@ pub fn read_kernel_state(dp: &mut Datapath) -> Result<MapState, BpfError> {
                 },
                 v,
             );
+        }
+    }
+    {
+        let svc = dp.services()?;
+        for item in svc.iter() {
+            let (k, v) = item.map_err(|e| map_err("SERVICES", e))?;
+            s.services.insert(k, v);
+        }
+    }
+    {
+        let be = dp.backends()?;
+        for item in be.iter() {
+            let (k, v) = item.map_err(|e| map_err("BACKENDS", e))?;
+            s.backends.insert(k, v);
         }
     }
     Ok(s)
@@ -168,5 +187,109 @@ pub fn apply(
             st.deletes += 1;
         }
     }
+    apply_services(dp, current, want, &mut st)?;
     Ok(st)
+}
+
+/// Services: slots first (a frontend never counts a slot that is not there), then
+/// frontends, then the slots no frontend counts any more.
+fn apply_services(
+    dp: &mut Datapath,
+    current: &mut MapState,
+    want: &MapState,
+    st: &mut ApplyStats,
+) -> Result<(), BpfError> {
+    let d_svc = diff(&current.services, &want.services);
+    let d_be = diff(&current.backends, &want.backends);
+    if d_svc.upserts.is_empty()
+        && d_svc.deletes.is_empty()
+        && d_be.upserts.is_empty()
+        && d_be.deletes.is_empty()
+    {
+        return Ok(());
+    }
+    let mut failed_sets = std::collections::BTreeSet::new();
+    {
+        let mut be = dp.backends()?;
+        for (k, v) in &d_be.upserts {
+            match be.insert(k, v, 0) {
+                Ok(()) => {
+                    current.backends.insert(*k, *v);
+                    st.upserts += 1;
+                }
+                Err(e) => {
+                    failed_sets.insert(k.set);
+                    st.failures.push((
+                        "BACKENDS".into(),
+                        format!("set {} slot {}", k.set, k.slot),
+                        describe_err(&map_err("BACKENDS", e)),
+                    ))
+                }
+            }
+        }
+    }
+    {
+        let mut svc = dp.services()?;
+        for (k, v) in &d_svc.upserts {
+            // A set whose slots could not all be written counts only those before the
+            // first missing one.
+            let mut v = *v;
+            if failed_sets.contains(&v.set) {
+                v.count = (0..v.count)
+                    .take_while(|slot| {
+                        current.backends.contains_key(&BackendKey {
+                            set: v.set,
+                            slot: *slot,
+                        })
+                    })
+                    .count() as u32;
+            }
+            match svc.insert(k, v, 0) {
+                Ok(()) => {
+                    current.services.insert(*k, v);
+                    st.upserts += 1;
+                }
+                Err(e) => st.failures.push((
+                    "SERVICES".into(),
+                    format!("{k:?}"),
+                    describe_err(&map_err("SERVICES", e)),
+                )),
+            }
+        }
+        for k in &d_svc.deletes {
+            let _ = svc.remove(k);
+            current.services.remove(k);
+            st.deletes += 1;
+        }
+    }
+    {
+        let mut be = dp.backends()?;
+        for k in &d_be.deletes {
+            let _ = be.remove(k);
+            current.backends.remove(k);
+            st.deletes += 1;
+        }
+    }
+    prune_affinity(dp, &current.backends);
+    Ok(())
+}
+
+/// Forget affinities (client and per-socket) to backends their set no longer has.
+fn prune_affinity(dp: &mut Datapath, backends: &BTreeMap<BackendKey, Backend>) {
+    let mut live: std::collections::HashSet<(u32, Backend)> = std::collections::HashSet::new();
+    for (k, b) in backends {
+        live.insert((k.set, *b));
+    }
+    let Ok(mut aff) = dp.affinity() else {
+        return;
+    };
+    let stale: Vec<_> = aff
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(k, v)| !live.contains(&(k.set, v.backend)))
+        .map(|(k, _)| k)
+        .collect();
+    for k in stale {
+        let _ = aff.remove(&k);
+    }
 }

@@ -3,7 +3,7 @@
 //! subscribers (the demo and tests print them).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv6Addr},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
@@ -27,6 +27,8 @@ pub struct Names {
     /// Addresses of this node's pods: a peer on the node is named as its pod, not as its
     /// identity (which stands for every pod with the same policy-relevant labels).
     pub local_ips: BTreeMap<IpAddr, ObjectRef>,
+    /// This node's own addresses (named "node").
+    pub node_ips: BTreeSet<IpAddr>,
 }
 
 /// A decoded event.
@@ -101,6 +103,7 @@ pub fn reason_name(r: u8) -> &'static str {
         REASON_REPLY => "reply",
         REASON_HOST => "node",
         REASON_LOOPBACK => "loopback",
+        REASON_NO_BACKEND => "service-without-backend",
         _ => "unknown",
     }
 }
@@ -137,8 +140,8 @@ impl Event {
                 let resolved = !matches!(e.reason, REASON_NOT_ISOLATED | REASON_LOOPBACK);
                 let peer = match names.local_ips.get(&remote_ip) {
                     Some(pod) => Some(pod.to_string()),
+                    None if names.node_ips.contains(&remote_ip) => Some("node".to_string()),
                     None => match e.peer_identity {
-                        IDENTITY_HOST => Some("node".to_string()),
                         IDENTITY_WORLD if !resolved => None,
                         IDENTITY_WORLD => Some("world".to_string()),
                         i => Some(

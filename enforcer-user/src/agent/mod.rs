@@ -31,7 +31,10 @@ use crate::{
     cgroup::{Cgroup2Mount, cgroup_id},
     guards::Tier,
     kubelet,
-    policy::{CompileInput, Compiler, Desired},
+    policy::{
+        CompileInput, Compiler, Desired,
+        services::{ServiceCompiler, ServiceInput, ServiceState},
+    },
     runtime_policy,
 };
 use apply::MapState;
@@ -88,40 +91,7 @@ pub struct Options {
     pub allow_events: bool,
     /// Denial log lines per second before rate limiting.
     pub log_rate: f64,
-    /// Service CIDRs: socket hooks leave these destinations to the packet path, which
-    /// sees them after kube-proxy's NAT.
-    pub service_cidrs: Vec<crate::model::IpNet>,
     pub guards: GuardsMode,
-}
-
-/// Mark Service CIDRs in the IPCACHE so that socket hooks defer them to the packet path.
-/// A prefix that is not there yet gets the identity that its addresses have without it (the
-/// longest enclosing prefix's, or WORLD), so longest-prefix answers do not change.
-pub fn defer_service_cidrs(
-    ipcache: &mut BTreeMap<crate::policy::IpPrefix, IpInfo>,
-    cidrs: &[crate::model::IpNet],
-) {
-    for net in cidrs {
-        let p = crate::policy::IpPrefix::from_net(net);
-        if let Some(info) = ipcache.get_mut(&p) {
-            info.flags |= IP_DEFER_TO_PACKET;
-            continue;
-        }
-        let enclosing = ipcache
-            .iter()
-            .filter(|(k, _)| k.len < p.len && k.contains(&p))
-            .max_by_key(|(k, _)| k.len)
-            .map(|(_, v)| v.identity)
-            .unwrap_or(IDENTITY_WORLD);
-        ipcache.insert(
-            p,
-            IpInfo {
-                identity: enclosing,
-                flags: IP_DEFER_TO_PACKET,
-                ..IpInfo::default()
-            },
-        );
-    }
 }
 
 /// Addresses configured on this network namespace's interfaces (loopback excluded).
@@ -159,6 +129,15 @@ pub fn local_addresses() -> Vec<IpAddr> {
     out.sort();
     out.dedup();
     out
+}
+
+/// This node's addresses: its interfaces' and the `--node-ip`s, sorted and unique.
+fn host_addresses(extra: &[IpAddr]) -> Vec<IpAddr> {
+    let mut a = local_addresses();
+    a.extend(extra.iter().copied());
+    a.sort();
+    a.dedup();
+    a
 }
 
 /// Mount bpffs at /sys/fs/bpf when the instance directory lives there and nothing is
@@ -282,9 +261,14 @@ impl CgroupIndex {
 struct Reconciler {
     dp: Datapath,
     compiler: Compiler,
+    services: ServiceCompiler,
     node: String,
-    node_ips: Vec<IpAddr>,
+    /// Addresses of this node's interfaces (refreshed every second) and `--node-ip`s.
+    host_addrs: Vec<IpAddr>,
+    /// `--node-ip` addresses.
+    extra_node_ips: Vec<IpAddr>,
     desired: Desired,
+    desired_services: ServiceState,
     /// Guard bits per local pod uid: (enforce, audit).
     guards: BTreeMap<String, (u32, u32)>,
     current: MapState,
@@ -292,7 +276,6 @@ struct Reconciler {
     config: Config,
     names: Arc<RwLock<Names>>,
     metrics: Arc<Metrics>,
-    service_cidrs: Vec<crate::model::IpNet>,
     guards_on: bool,
     /// The attach root's level last reported from `ROOT_LEVEL`.
     root_level_reported: Option<u32>,
@@ -305,20 +288,41 @@ struct Reconciler {
 impl Reconciler {
     /// Recompile from a snapshot and apply the difference.
     fn recompile(&mut self, snap: &Snapshot) -> Result<()> {
+        self.desired_services = self.services.compile(&ServiceInput {
+            cluster: &snap.cluster,
+            node_name: &self.node,
+            node_ips: &self.host_addrs,
+        });
+        for w in &self.desired_services.warnings {
+            tracing::warn!("{w}");
+        }
+        // A Service frontend configured on a node interface (IPVS's kube-ipvs0, a
+        // NodeLocal DNSCache address) is not "this node".
+        let node_ips: Vec<IpAddr> = self
+            .host_addrs
+            .iter()
+            .filter(|a| !self.desired_services.frontend_ips.contains(a))
+            .copied()
+            .collect();
         let input = CompileInput {
             cluster: &snap.cluster,
             node_name: &self.node,
-            node_ips: &self.node_ips,
+            node_ips: &node_ips,
         };
         self.desired = self.compiler.compile(&input);
-        defer_service_cidrs(&mut self.desired.ipcache, &self.service_cidrs);
+        // Host-network pods share the node's addresses: those name the node, not a pod.
         self.local_ips = self
             .desired
             .endpoints
             .values()
             .filter_map(|le| snap.cluster.pods.get(&le.pod).map(|p| (le, p)))
+            .filter(|(_, p)| !p.host_network)
             .flat_map(|(le, p)| p.ips.iter().map(|ip| (*ip, le.pod.clone())))
             .collect();
+        {
+            let mut n = self.names.write().unwrap_or_else(|e| e.into_inner());
+            n.node_ips = node_ips.into_iter().collect();
+        }
         if self.guards_on {
             let (g, warnings) =
                 runtime_policy::compile(&snap.cluster, &snap.runtime_policies, &self.node);
@@ -337,6 +341,8 @@ impl Reconciler {
             ipcache: self.desired.ipcache.clone(),
             policy: self.desired.policy.clone(),
             endpoints: BTreeMap::new(),
+            services: self.desired_services.services.clone(),
+            backends: self.desired_services.backends.clone(),
         };
         let mut cg_names = BTreeMap::new();
         for (uid, le) in &self.desired.endpoints {
@@ -424,6 +430,18 @@ impl Reconciler {
             &[],
             self.current.ipcache.len() as f64,
         );
+        m.set(
+            "enforcer_service_frontends",
+            "Service frontends (address, port, protocol) translated at the socket.",
+            &[],
+            self.current.services.len() as f64,
+        );
+        m.set(
+            "enforcer_service_backends",
+            "Backend slots of all Service frontends' backend sets.",
+            &[],
+            self.current.backends.len() as f64,
+        );
         m.inc(
             "enforcer_reconciles_total",
             "Map synchronisations.",
@@ -502,6 +520,21 @@ impl Reconciler {
                 CNT_EXEMPT_ERRORS,
                 "enforcer_runtime_exemption_errors_total",
                 "Task storage operations on runtime exemptions that failed (fail closed).",
+            ),
+            (
+                CNT_SVC_TRANSLATED,
+                "enforcer_service_translations_total",
+                "Socket calls to a Service frontend translated to a backend.",
+            ),
+            (
+                CNT_SVC_NO_BACKEND,
+                "enforcer_service_no_backend_total",
+                "Socket calls to a Service frontend refused: no ready backend.",
+            ),
+            (
+                CNT_SVC_REVERSED,
+                "enforcer_service_reverse_translations_total",
+                "recvmsg/getpeername calls shown the Service frontend instead of the backend.",
             ),
         ];
         for (idx, name, help) in COUNTERS {
@@ -743,26 +776,28 @@ pub async fn run(opts: Options) -> Result<()> {
     ));
     let guards_on = start_guards(&mut dp, opts.guards, &kubepods.path, &metrics)?;
 
-    let mut node_ips = local_addresses();
-    node_ips.extend(opts.node_ips.iter().copied());
-    node_ips.sort();
-    node_ips.dedup();
-    tracing::info!("node {} addresses: {:?}", opts.node, node_ips);
+    let host_addrs = host_addresses(&opts.node_ips);
+    tracing::info!("node {} addresses: {:?}", opts.node, host_addrs);
 
     let current = apply::read_kernel_state(&mut dp)?;
+    let mut services = ServiceCompiler::new();
+    // After a restart, Service frontends keep their backend set numbers.
+    services.seed(current.services.iter().map(|(k, v)| (*k, v.set)));
     let mut rec = Reconciler {
         dp,
         compiler: Compiler::new(),
+        services,
         node: opts.node.clone(),
-        node_ips,
+        host_addrs,
+        extra_node_ips: opts.node_ips.clone(),
         desired: Desired::default(),
+        desired_services: ServiceState::default(),
         guards: BTreeMap::new(),
         current,
         cgroups: CgroupIndex::default(),
         config,
         names: names.clone(),
         metrics: metrics.clone(),
-        service_cidrs: opts.service_cidrs.clone(),
         guards_on,
         root_level_reported: None,
         local_ips: BTreeMap::new(),
@@ -822,7 +857,22 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tick.tick() => rec.export_counters(),
+            _ = tick.tick() => {
+                rec.export_counters();
+                // Node addresses come and go (DHCP, IPVS ClusterIPs, NodeLocal DNSCache):
+                // re-read them and recompile when they changed.
+                let addrs = host_addresses(&rec.extra_node_ips);
+                if addrs != rec.host_addrs {
+                    tracing::info!("node addresses changed: {:?}", addrs);
+                    rec.host_addrs = addrs;
+                    let snap = snap_rx.borrow().clone();
+                    if let Some(snap) = snap
+                        && let Err(e) = rec.recompile(&snap)
+                    {
+                        tracing::error!("applying a node address change: {e:#}");
+                    }
+                }
+            }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: exiting; pinned programs keep enforcing");
                 break;
@@ -863,63 +913,4 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::IpPrefix;
-
-    #[test]
-    fn service_cidrs_keep_longest_prefix_answers() {
-        let mut m = BTreeMap::new();
-        let p = |s: &str| IpPrefix::from_net(&s.parse().unwrap());
-        m.insert(
-            p("10.0.0.0/8"),
-            IpInfo {
-                identity: 20,
-                ..Default::default()
-            },
-        );
-        m.insert(
-            p("10.96.0.5/32"),
-            IpInfo {
-                identity: 21,
-                ..Default::default()
-            },
-        );
-        m.insert(
-            p("192.168.0.0/16"),
-            IpInfo {
-                identity: 22,
-                ..Default::default()
-            },
-        );
-        defer_service_cidrs(
-            &mut m,
-            &[
-                "10.96.0.0/12".parse().unwrap(),
-                "192.168.0.0/16".parse().unwrap(),
-                "fd00:96::/108".parse().unwrap(),
-            ],
-        );
-        assert_eq!(
-            m[&p("10.96.0.0/12")],
-            IpInfo {
-                identity: 20,
-                flags: IP_DEFER_TO_PACKET,
-                ..Default::default()
-            }
-        );
-        assert_eq!(m[&p("10.96.0.5/32")].flags, 0);
-        assert_eq!(
-            m[&p("192.168.0.0/16")],
-            IpInfo {
-                identity: 22,
-                flags: IP_DEFER_TO_PACKET,
-                ..Default::default()
-            }
-        );
-        assert_eq!(m[&p("fd00:96::/108")].identity, IDENTITY_WORLD);
-    }
 }

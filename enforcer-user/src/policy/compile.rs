@@ -137,7 +137,7 @@ pub(super) fn compile(c: &mut Compiler, input: &CompileInput) -> Desired {
     for lp in &locals {
         for ip in &lp.pod.ips {
             if let Some(info) = out.ipcache.get_mut(&super::IpPrefix::host(*ip))
-                && info.identity != enforcer_common::IDENTITY_HOST
+                && info.flags & enforcer_common::IP_HOST == 0
             {
                 info.endpoint = lp.id;
             }

@@ -14,8 +14,9 @@
 //! the same port names to the same numbers) can never be told apart by any rule, so they
 //! share an identity: an identity is an interned *peer class*. Pod addresses get exact
 //! (/128) entries; addresses outside pods are classified by the ipBlock prefixes that
-//! appear in the policies (see [`peers`]). The node's own addresses get `IDENTITY_HOST`,
-//! which the datapath always lets through.
+//! appear in the policies (see [`peers`]). The node's own addresses are flagged `IP_HOST`:
+//! ingress from them always passes (kubelet probes); egress to them is judged by the
+//! identity of the ipBlock region they lie in, like any other address.
 //!
 //! # Policy entries
 //!
@@ -48,6 +49,7 @@ mod ids;
 mod peers;
 mod prefix;
 mod rules;
+pub mod services;
 #[cfg(test)]
 mod tests;
 
@@ -60,7 +62,7 @@ pub struct CompileInput<'a> {
     pub cluster: &'a Cluster,
     /// Name of this node: pods with this `spec.nodeName` are the local endpoints.
     pub node_name: &'a str,
-    /// This node's own addresses (they get `IDENTITY_HOST`).
+    /// This node's own addresses (flagged `IP_HOST`; never Service frontends).
     pub node_ips: &'a [IpAddr],
 }
 

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use enforcer_common::{IDENTITY_HOST, IDENTITY_WORLD, IpInfo};
+use enforcer_common::{IDENTITY_WORLD, IP_HOST, IpInfo};
 
 use super::{IpPrefix, ids::IdTable};
 use crate::model::{Cluster, Labels, NamespaceMatch, Peer, Pod, Protocol};
@@ -195,11 +195,25 @@ impl<'a> Peers<'a> {
     ) {
         let regions = self.classify_regions(ids);
         self.classify_pods(ids, cluster, &regions);
+        // The node's addresses: ingress from them is always allowed (`IP_HOST`); egress to
+        // them is judged like any address outside pods, so they get the identity of the
+        // region they lie in (a /128 of their own keeps the flag from shadowing anything).
         for ip in node_ips {
+            let host = IpPrefix::host(*ip);
+            let identity = match self.ipcache.get(&host) {
+                Some(info) => info.identity,
+                None => self
+                    .ipcache
+                    .iter()
+                    .filter(|(k, _)| k.contains(&host))
+                    .max_by_key(|(k, _)| k.len)
+                    .map_or(IDENTITY_WORLD, |(_, v)| v.identity),
+            };
             self.ipcache.insert(
-                IpPrefix::host(*ip),
+                host,
                 IpInfo {
-                    identity: IDENTITY_HOST,
+                    identity,
+                    flags: IP_HOST,
                     ..IpInfo::default()
                 },
             );

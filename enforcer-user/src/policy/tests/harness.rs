@@ -9,7 +9,7 @@ use std::{
 
 use enforcer_common::{
     DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_NET_UNMANAGED,
-    IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, POLICY_PREFIX_FULL, PolicyKey, PolicyValue,
+    IDENTITY_ANY, IDENTITY_WORLD, IP_HOST, POLICY_PREFIX_FULL, PolicyKey, PolicyValue,
 };
 
 use super::super::{
@@ -265,11 +265,9 @@ pub fn check_invariants(d: &Desired) {
         assert!(p.len <= 128, "{p:?}");
         assert_eq!(IpPrefix::new(p.len, p.addr), *p, "host bits set in {p:?}");
         assert_ne!(info.identity, IDENTITY_ANY, "{p}");
-        assert_eq!(info.flags, 0);
+        assert_eq!(info.flags & !IP_HOST, 0, "{p}");
         assert!(
-            info.identity == IDENTITY_WORLD
-                || info.identity == IDENTITY_HOST
-                || d.identities.contains_key(&info.identity),
+            info.identity == IDENTITY_WORLD || d.identities.contains_key(&info.identity),
             "{p}: identity {} has no description",
             info.identity
         );
@@ -353,11 +351,16 @@ impl<'a> Sim<'a> {
 
     /// The identity of a remote address (`IPCACHE` longest match, WORLD if none).
     pub fn identity(&self, addr: IpAddr) -> u32 {
+        self.lookup(addr).0
+    }
+
+    /// Identity and `IP_*` flags of a remote address.
+    pub fn lookup(&self, addr: IpAddr) -> (u32, u32) {
         let host = IpPrefix::host(addr);
         self.ip_lens
             .iter()
             .find_map(|&len| self.d.ipcache.get(&IpPrefix::new(len, host.addr)))
-            .map_or(IDENTITY_WORLD, |info| info.identity)
+            .map_or((IDENTITY_WORLD, 0), |info| (info.identity, info.flags))
     }
 
     /// `POLICY` longest match for a full key, masking its kernel byte layout bit by bit.
@@ -387,8 +390,8 @@ impl<'a> Sim<'a> {
         if ep.flags & isolated == 0 {
             return true;
         }
-        let identity = self.identity(remote);
-        if identity == IDENTITY_HOST {
+        let (identity, flags) = self.lookup(remote);
+        if direction == DIR_INGRESS && flags & IP_HOST != 0 {
             return true;
         }
         let key = PolicyKey {
@@ -443,7 +446,9 @@ pub fn reference_allows(
     if applicable.is_empty() {
         return true;
     }
-    if node_ips.iter().any(|n| n.to_canonical() == remote) {
+    // Upstream: traffic from the pod's node is allowed (kubelet probes); traffic to the
+    // node is not special, it is judged as the address it is.
+    if direction == DIR_INGRESS && node_ips.iter().any(|n| n.to_canonical() == remote) {
         return true;
     }
     // The pod the remote address belongs to, if any (pods that can be peers only).

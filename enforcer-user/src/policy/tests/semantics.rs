@@ -4,9 +4,8 @@
 
 use enforcer_common::{
     DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_NET_UNMANAGED,
-    IDENTITY_ANY, IDENTITY_FIRST_DYNAMIC, IDENTITY_HOST, IDENTITY_WORLD, IpInfo,
-    POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    PolicyValue,
+    IDENTITY_ANY, IDENTITY_FIRST_DYNAMIC, IDENTITY_WORLD, IP_HOST, IpInfo, POLICY_PREFIX_ANY_PORT,
+    POLICY_PREFIX_ANY_PROTO, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyValue,
 };
 
 use super::harness::*;
@@ -95,8 +94,8 @@ fn default_deny_egress() {
     assert!(!c.egress("a/client", "10.0.0.1", Tcp, 80));
     assert!(!c.egress("a/client", "8.8.8.8", Udp, 53));
     assert!(
-        c.egress("a/client", "fd00:ff::1", Udp, 53),
-        "the node always passes"
+        !c.egress("a/client", "fd00:ff::1", Udp, 53),
+        "egress to the node is judged like any address"
     );
     assert!(c.ingress("a/server", "10.0.0.2", Tcp, 80));
 }
@@ -804,7 +803,7 @@ fn ipv4_mapped_ipv6_block_matches_nothing() {
 }
 
 #[test]
-fn node_addresses_are_host() {
+fn node_addresses_pass_ingress_and_are_judged_on_egress() {
     let mut w = base();
     w.policy(
         "a/p",
@@ -817,12 +816,14 @@ fn node_addresses_are_host() {
     );
     let d = w.compile();
     for n in &w.node_ips {
-        assert_eq!(d.ipcache[&IpPrefix::host(*n)].identity, IDENTITY_HOST);
+        assert_eq!(d.ipcache[&IpPrefix::host(*n)].flags, IP_HOST);
     }
     let c = w.check(&d);
+    // Ingress from the node (kubelet probes) always passes.
     assert!(c.ingress("a/server", "192.168.0.1", Tcp, 22));
-    assert!(c.egress("a/server", "192.168.0.1", Udp, 53));
-    assert!(c.egress("a/server", "fd00:ff::1", Tcp, 10250));
+    // Egress to the node is judged like any address: the policy allows no egress.
+    assert!(!c.egress("a/server", "192.168.0.1", Udp, 53));
+    assert!(!c.egress("a/server", "fd00:ff::1", Tcp, 10250));
     assert!(!c.ingress("a/server", "192.168.0.2", Tcp, 1));
     assert!(c.ingress("a/server", "192.168.1.2", Tcp, 1));
 }
@@ -1220,4 +1221,23 @@ fn diff_reports_upserts_and_deletes() {
         applied.remove(&k);
     }
     assert_eq!(applied, d2.ipcache);
+}
+
+#[test]
+fn egress_to_the_node_follows_ip_blocks_that_contain_it() {
+    let mut w = base();
+    w.policy(
+        "a/p",
+        sel(&[]),
+        None,
+        Some(vec![rule(
+            vec![block("192.168.0.0/24", &[])],
+            vec![tcp(10250)],
+        )]),
+    );
+    let d = w.compile();
+    let c = w.check(&d);
+    assert!(c.egress("a/server", "192.168.0.1", Tcp, 10250));
+    assert!(!c.egress("a/server", "192.168.0.1", Tcp, 22));
+    assert!(!c.egress("a/server", "fd00:ff::1", Tcp, 10250));
 }
