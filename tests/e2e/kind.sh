@@ -103,7 +103,7 @@ main() {
     ensure_bpffs
     log "loading $archive into the nodes"
     kind load image-archive "$archive" --name "$CLUSTER"
-    run_all_checks 10.96.0.0/16
+    run_all_checks
     summary
 }
 

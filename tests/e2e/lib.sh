@@ -67,10 +67,10 @@ image_archive() {
 
 # ---- deploy ---------------------------------------------------------------------------
 
-# deploy_enforcer SERVICE_CIDR...: the install from deploy/ with this cluster's Service
-# CIDRs and image, through a temporary kustomization (kustomize wants relative paths).
+# deploy_enforcer: the install from deploy/ with this cluster's image, through a temporary
+# kustomization (kustomize wants relative paths).
 deploy_enforcer() {
-    local tmp rel name tag cidr
+    local tmp rel name tag
     mkdir -p "$REPO/target"
     tmp=$(mktemp -d "$REPO/target/e2e-kustomize.XXXXXX")
     rel=$(realpath --relative-to="$tmp" "$REPO/deploy")
@@ -89,11 +89,6 @@ deploy_enforcer() {
         echo "patches:"
         echo "- target: {group: apps, version: v1, kind: DaemonSet, name: enforcer}"
         echo "  patch: |-"
-        for cidr in "$@"; do
-            echo "    - op: add"
-            echo "      path: /spec/template/spec/containers/0/args/-"
-            echo "      value: --service-cidr=$cidr"
-        done
         echo "    - op: test"
         echo "      path: /spec/template/spec/containers/0/env/1/name"
         echo "      value: RUST_LOG"
@@ -101,7 +96,7 @@ deploy_enforcer() {
         echo "      path: /spec/template/spec/containers/0/env/1/value"
         echo "      value: info,enforcer=debug"
     } >"$tmp/kustomization.yaml"
-    log "deploying enforcer ($IMAGE, service CIDRs: $*)"
+    log "deploying enforcer ($IMAGE)"
     kubectl apply -k "$tmp"
     rm -rf "$tmp"
     kubectl wait --for=condition=Established crd/runtimepolicies.enforcer.dev --timeout=60s
@@ -612,8 +607,8 @@ summary() {
     [ "$FAILED" -eq 0 ]
 }
 
-run_all_checks() { # SERVICE_CIDR...
-    deploy_enforcer "$@"
+run_all_checks() {
+    deploy_enforcer
     netpol_truth_table
     restart_keeps_enforcing
     runtime_guards
