@@ -24,8 +24,8 @@ use aya_ebpf::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_skb_load_bytes,
     },
-    macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{lpm_trie::Key, PerCpuArray},
+    macros::{cgroup_skb, cgroup_sock_addr},
+    maps::lpm_trie::Key,
     programs::{SkBuffContext, SockAddrContext},
 };
 use enforcer_common::*;
@@ -66,15 +66,24 @@ pub struct Flow {
     _pad: [u8; 7],
 }
 
-/// Per-CPU scratch space: a flow does not fit on the 512-byte BPF stack together with the
-/// map keys a verdict needs.
-#[map]
-static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn scratch() -> Option<&'static mut Flow> {
-    // SAFETY: per-CPU slot, used by one program invocation at a time on this CPU.
-    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+impl Flow {
+    /// An empty flow in `direction` (socket hooks). Flows live on the program's stack: a
+    /// shared per-CPU buffer could be overwritten by a softirq (packet hooks) interrupting a
+    /// program on the same CPU.
+    #[inline(always)]
+    fn new(direction: u8) -> Flow {
+        Flow {
+            remote: [0; 16],
+            local: [0; 16],
+            local_port: 0,
+            remote_port: 0,
+            dport: 0,
+            protocol: 0,
+            direction,
+            tcp_flags: 0,
+            _pad: [0; 7],
+        }
+    }
 }
 
 /// Copy 16 bytes at `off` of the packet into `dst` (constant size, as the verifier wants).
@@ -393,18 +402,32 @@ fn skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
     let Some(cfg) = config() else {
         return ALLOW;
     };
-    let Some(f) = scratch() else {
-        return ALLOW;
-    };
+    // Not zeroed first: zeroing compiles to a byte-wise memset call (about 250
+    // instructions per packet). `parse` writes every field that is read afterwards (all but
+    // `_pad`), before any of them is read.
+    let mut slot = core::mem::MaybeUninit::<Flow>::uninit();
+    // SAFETY: every field is plain data valid for any bit pattern; see above for why no
+    // field is read before it is written.
+    let f = unsafe { &mut *slot.as_mut_ptr() };
+    f.direction = direction;
     let skb: *mut __sk_buff = ctx.skb.skb;
     let (cgid, ep) = endpoint::of_skb(skb, cfg.root_cgroup_id, cfg.root_level);
-    f.direction = direction;
     if parse(ctx, f).is_none() {
         count(CNT_PARSE_ERRORS);
         // Not IP, or unparsable: an isolated pod gets nothing that policy cannot describe.
-        return match ep {
-            Some(e) if e.flags & (EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED) != 0 => DROP,
-            _ => ALLOW,
+        // The flags go through memory: without it the compiler computes on the register
+        // that holds the payload of a `Some`, which on the `None` path is a pointer, and
+        // the verifier rejects the program.
+        let flags = match ep {
+            Some(e) => e.flags,
+            None => 0,
+        };
+        // SAFETY: a read of a local.
+        let flags = unsafe { core::ptr::read_volatile(&flags) };
+        return if flags & (EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED) != 0 {
+            DROP
+        } else {
+            ALLOW
         };
     }
     let Some(ep) = ep else {
@@ -598,19 +621,7 @@ fn sock_verdict(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         return ALLOW;
     };
     let sa = ctx.sock_addr;
-    // On the stack: the per-CPU scratch of the packet hooks could be overwritten by a
-    // softirq on this CPU while this process-context program runs.
-    let mut f = Flow {
-        remote: [0; 16],
-        local: [0; 16],
-        local_port: 0,
-        remote_port: 0,
-        dport: 0,
-        protocol: 0,
-        direction: DIR_EGRESS,
-        tcp_flags: 0,
-        _pad: [0; 7],
-    };
+    let mut f = Flow::new(DIR_EGRESS);
     // SAFETY: reads of the program's own context fields.
     unsafe {
         f.protocol = (*sa).protocol as u8;

@@ -1156,7 +1156,7 @@ mod abi {
             (".rodata", u32s, size_of::<KernelOffsets>() as u32),
         ];
         // Maps private to the kernel side (not part of the ABI).
-        let internal = ["SCRATCH"];
+        let internal: [&str; 0] = [];
         for (name, key, value) in expected {
             let found = layouts
                 .iter()
