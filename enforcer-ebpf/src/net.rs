@@ -3,7 +3,7 @@
 //! Per packet, in constant work whatever the number of policies:
 //! 1. parse L3/L4 (IPv4, IPv6 with extension headers; TCP, UDP, SCTP ports);
 //! 2. resolve the socket's cgroup to its pod (`endpoint`);
-//! 3. loopback and the pod talking to itself pass;
+//! 3. traffic through the loopback device (the pod talking to itself) passes;
 //! 4. conntrack: replies of flows this endpoint accepted or opened pass;
 //! 5. peer identity from `IPCACHE` (longest prefix: pod /128s, ipBlock regions);
 //! 6. the node's own addresses pass;
@@ -41,6 +41,8 @@ const ALLOW: i32 = 1;
 const DROP: i32 = 0;
 
 const ETH_P_IP: u16 = 0x0800;
+/// The loopback device's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 const ETH_P_IPV6: u16 = 0x86DD;
 
 const TCP_SYN: u8 = 0x02;
@@ -190,6 +192,8 @@ fn parse(ctx: &SkBuffContext, f: &mut Flow) -> Option<()> {
     Some(())
 }
 
+/// A loopback destination of a socket call (127.0.0.0/8, ::1, their IPv4-mapped forms).
+/// Only for socket hooks: the socket chose it, so it goes through the loopback device.
 #[inline(always)]
 fn is_loopback(a: &[u8; 16]) -> bool {
     // ::1
@@ -291,7 +295,7 @@ struct Decision {
 /// Steps 3-7 for a flow of a classified endpoint. `packet` is false for socket hooks,
 /// which do not refresh state.
 #[inline(always)]
-fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
+fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool, loopback: bool) -> Decision {
     let mut d = Decision {
         allow: true,
         reason: REASON_NOT_ISOLATED,
@@ -303,7 +307,7 @@ fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
     if ep.flags & EP_NET_UNMANAGED != 0 {
         return d;
     }
-    if is_loopback(&f.remote) || f.remote == f.local {
+    if loopback {
         d.reason = REASON_LOOPBACK;
         return d;
     }
@@ -365,8 +369,10 @@ fn decide(cfg: &Config, ep: &Endpoint, f: &Flow, packet: bool) -> Decision {
         d.reason = REASON_HOST;
         return d;
     }
-    // The pod's own address (socket hooks cannot compare with a source address yet).
-    if info.endpoint == ep.id {
+    // The pod's own address: socket hooks cannot compare with a source address yet. Only
+    // there: a packet claiming the pod's address as its peer proves nothing (forgeable);
+    // real traffic to itself went through the loopback device.
+    if !packet && info.endpoint == ep.id {
         d.reason = REASON_LOOPBACK;
         return d;
     }
@@ -411,6 +417,10 @@ fn skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
     let f = unsafe { &mut *slot.as_mut_ptr() };
     f.direction = direction;
     let skb: *mut __sk_buff = ctx.skb.skb;
+    // Loopback is the device the packet went through, never what its (forgeable) header
+    // fields say: ifindex 1 is the loopback device of every network namespace.
+    // SAFETY: reading a field of the program's own context.
+    let loopback = unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX;
     let (cgid, ep) = endpoint::of_skb(skb, cfg.root_cgroup_id, cfg.root_level);
     if parse(ctx, f).is_none() {
         count(CNT_PARSE_ERRORS);
@@ -431,7 +441,7 @@ fn skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
         };
     }
     let Some(ep) = ep else {
-        if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !is_loopback(&f.remote) {
+        if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !loopback {
             count(CNT_NET_DENY);
             emit(
                 cgid,
@@ -446,7 +456,7 @@ fn skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
         }
         return ALLOW;
     };
-    let d = decide(cfg, &ep, f, true);
+    let d = decide(cfg, &ep, f, true, loopback);
     if d.allow {
         if d.track {
             track(cfg, ep.id, f);
@@ -693,7 +703,7 @@ fn sock_verdict(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         }
         return ALLOW;
     };
-    let d = decide(cfg, &ep, &f, false);
+    let d = decide(cfg, &ep, &f, false, is_loopback(&f.remote));
     if d.allow || cfg.flags & CFG_NET_AUDIT != 0 {
         // The packet path reports and tracks the flow.
         return ALLOW;

@@ -2,8 +2,22 @@
 //! make real connections and real syscalls.
 //!
 //! ```text
-//! enforcer-probe serve tcp:80 udp:81 ...          listen (dual stack), print "ready"
+//! enforcer-probe serve [id=NAME] tcp:80 udp:81 dns:53 ...
+//!                                                 listen (dual stack), print "ready"; TCP
+//!                                                 answers "ok\nNAME\n", UDP echoes (and
+//!                                                 answers "who" with NAME), dns answers
+//!                                                 every A query with 192.0.2.53
 //! enforcer-probe connect tcp|udp ADDR PORT [MS]   one connection; prints the outcome
+//! enforcer-probe whoserves tcp|udp ADDR PORT [MS] which server answered, and the peer
+//!                                                 address the socket API shows:
+//!                                                 "NAME peer=ADDR:PORT"
+//! enforcer-probe udp-connected ADDR PORT [MS]     connect()ed UDP ping; "ok" only if the
+//!                                                 reply came and getpeername shows ADDR
+//! enforcer-probe dns SERVER NAME [MS]             one A query over UDP; prints the address
+//! enforcer-probe spoof-udp SRC DST PORT           one UDP datagram with a forged source
+//!                                                 address, from a raw socket (IPv4/IPv6)
+//! enforcer-probe recv-once PORT MS                wait for one UDP datagram on PORT (dual
+//!                                                 stack): "got FROM" or "timeout"
 //! enforcer-probe matrix MS tcp|udp,ADDR,PORT ...  many connections in parallel, one line each
 //! enforcer-probe socket packet|raw4|raw6|tcp      create a socket
 //! ```
@@ -255,7 +269,12 @@ mod sctp {
 
 fn serve(specs: &[String]) -> ! {
     let mut handles = Vec::new();
-    for spec in specs {
+    let id: &'static str = specs
+        .iter()
+        .find_map(|s| s.strip_prefix("id="))
+        .map(|s| &*Box::leak(s.to_string().into_boxed_str()))
+        .unwrap_or("");
+    for spec in specs.iter().filter(|s| !s.starts_with("id=")) {
         let (proto, port) = spec.split_once(':').unwrap_or_else(|| usage());
         let port: u16 = port.parse().unwrap_or_else(|_| usage());
         let addr: SocketAddr = format!("[::]:{port}").parse().unwrap();
@@ -266,7 +285,19 @@ fn serve(specs: &[String]) -> ! {
                 handles.push(std::thread::spawn(move || {
                     for s in l.incoming().flatten() {
                         let mut s = s;
-                        let _ = s.write_all(b"ok\n");
+                        let _ = s.write_all(format!("ok\n{id}\n").as_bytes());
+                    }
+                }));
+            }
+            "dns" => {
+                let s = UdpSocket::bind(addr)
+                    .unwrap_or_else(|e| fail(&format!("bind udp {port}: {e}")));
+                handles.push(std::thread::spawn(move || {
+                    let mut buf = [0u8; 512];
+                    while let Ok((n, from)) = s.recv_from(&mut buf) {
+                        if let Some(reply) = dns::answer(&buf[..n], [192, 0, 2, 53]) {
+                            let _ = s.send_to(&reply, from);
+                        }
                     }
                 }));
             }
@@ -286,7 +317,11 @@ fn serve(specs: &[String]) -> ! {
                 handles.push(std::thread::spawn(move || {
                     let mut buf = [0u8; 64];
                     while let Ok((n, from)) = s.recv_from(&mut buf) {
-                        let _ = s.send_to(&buf[..n], from);
+                        if &buf[..n] == b"who" {
+                            let _ = s.send_to(id.as_bytes(), from);
+                        } else {
+                            let _ = s.send_to(&buf[..n], from);
+                        }
                     }
                 }));
             }
@@ -338,6 +373,210 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
+/// Which server answers at ADDR:PORT, and the peer address the socket API reports.
+fn whoserves(proto: &str, sa: SocketAddr, timeout: Duration) -> Result<String, &'static str> {
+    match proto {
+        "tcp" => {
+            let mut s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| outcome_of(&e))?;
+            let _ = s.set_read_timeout(Some(timeout));
+            let mut text = String::new();
+            s.read_to_string(&mut text).map_err(|e| outcome_of(&e))?;
+            let peer = s.peer_addr().map_err(|e| outcome_of(&e))?;
+            let name = text.lines().nth(1).unwrap_or("");
+            Ok(format!("{name} peer={peer}"))
+        }
+        "udp" => {
+            let bind: SocketAddr = if sa.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let s = UdpSocket::bind(bind).map_err(|e| outcome_of(&e))?;
+            let _ = s.set_read_timeout(Some(timeout));
+            s.send_to(b"who", sa).map_err(|e| outcome_of(&e))?;
+            let mut buf = [0u8; 64];
+            let (n, from) = s.recv_from(&mut buf).map_err(|e| outcome_of(&e))?;
+            Ok(format!(
+                "{} peer={from}",
+                String::from_utf8_lossy(&buf[..n])
+            ))
+        }
+        _ => usage(),
+    }
+}
+
+/// A connected UDP socket: send, receive, and check what getpeername says.
+fn udp_connected(sa: SocketAddr, timeout: Duration) -> &'static str {
+    let bind: SocketAddr = if sa.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let s = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return outcome_of(&e),
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    if let Err(e) = s.connect(sa) {
+        return outcome_of(&e);
+    }
+    if let Err(e) = s.send(b"ping") {
+        return outcome_of(&e);
+    }
+    let mut buf = [0u8; 16];
+    match s.recv(&mut buf) {
+        Ok(n) if &buf[..n] == b"ping" => match s.peer_addr() {
+            Ok(p) if p == sa => "ok",
+            _ => "error",
+        },
+        Ok(_) => "error",
+        Err(e) => outcome_of(&e),
+    }
+}
+
+/// One UDP datagram "spoof" from SRC (forged) to DST:PORT through a raw socket that
+/// writes its own IP header.
+fn spoof_udp(src: IpAddr, dst: IpAddr, port: u16) -> &'static str {
+    let payload = b"spoof";
+    let udp_len = 8 + payload.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    fn fold(mut sum: u32) -> u16 {
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+    fn add(sum: &mut u32, b: &[u8]) {
+        for c in b.chunks(2) {
+            *sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    let (family, packet, sa) = match (src, dst) {
+        (IpAddr::V4(s4), IpAddr::V4(d4)) => {
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+            ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+            ip.extend_from_slice(&s4.octets());
+            ip.extend_from_slice(&d4.octets());
+            ip.extend_from_slice(&udp);
+            // SAFETY: a zeroed sockaddr_in is valid; fields set below.
+            let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(d4.octets());
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            // SAFETY: copying the smaller struct into the larger one.
+            unsafe { std::ptr::copy_nonoverlapping(&sin, (&mut ss as *mut _) as *mut _, 1) };
+            (
+                libc::AF_INET,
+                ip,
+                (ss, std::mem::size_of::<libc::sockaddr_in>()),
+            )
+        }
+        (IpAddr::V6(s6), IpAddr::V6(d6)) => {
+            let mut sum = 0u32;
+            add(&mut sum, &s6.octets());
+            add(&mut sum, &d6.octets());
+            add(&mut sum, &(udp_len as u32).to_be_bytes());
+            add(&mut sum, &[0, 0, 0, 17]);
+            add(&mut sum, &udp);
+            let ck = fold(sum);
+            udp[6..8].copy_from_slice(&ck.to_be_bytes());
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&(udp_len as u16).to_be_bytes());
+            ip.extend_from_slice(&[17, 64]);
+            ip.extend_from_slice(&s6.octets());
+            ip.extend_from_slice(&d6.octets());
+            ip.extend_from_slice(&udp);
+            // SAFETY: as above.
+            let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_addr.s6_addr = d6.octets();
+            // SAFETY: as above.
+            let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            unsafe { std::ptr::copy_nonoverlapping(&sin6, (&mut ss as *mut _) as *mut _, 1) };
+            (
+                libc::AF_INET6,
+                ip,
+                (ss, std::mem::size_of::<libc::sockaddr_in6>()),
+            )
+        }
+        _ => usage(),
+    };
+    // SAFETY: plain socket calls with valid buffers; the descriptor is closed below.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        if fd < 0 {
+            return outcome_of(&std::io::Error::last_os_error());
+        }
+        let r = libc::sendto(
+            fd,
+            packet.as_ptr() as *const _,
+            packet.len(),
+            0,
+            (&sa.0 as *const libc::sockaddr_storage) as *const libc::sockaddr,
+            sa.1 as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if r < 0 {
+            return outcome_of(&err);
+        }
+    }
+    "ok"
+}
+
+/// Just enough DNS for tests: one A question, one A answer.
+mod dns {
+    /// A query for `name` with id 0x1234.
+    pub fn query(name: &str) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.trim_end_matches('.').split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q
+    }
+
+    /// The answer to a query: the question echoed, one A record with `addr`.
+    pub fn answer(q: &[u8], addr: [u8; 4]) -> Option<Vec<u8>> {
+        if q.len() < 17 {
+            return None;
+        }
+        let mut end = 12;
+        while end < q.len() && q[end] != 0 {
+            end += q[end] as usize + 1;
+        }
+        let qend = end + 5;
+        if qend > q.len() {
+            return None;
+        }
+        let mut r = q[..qend].to_vec();
+        r[2] = 0x81;
+        r[3] = 0x80;
+        r[6] = 0;
+        r[7] = 1;
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+        r.extend_from_slice(&addr);
+        Some(r)
+    }
+
+    /// The A address of an answer, if it answers query id 0x1234.
+    pub fn parse(r: &[u8]) -> Option<[u8; 4]> {
+        if r.len() < 16 || r[0] != 0x12 || r[1] != 0x34 || r[7] == 0 {
+            return None;
+        }
+        let a = &r[r.len() - 4..];
+        Some([a[0], a[1], a[2], a[3]])
+    }
+}
+
 fn usage() -> ! {
     eprintln!("usage: enforcer-probe serve|connect|matrix|socket ... (see source)");
     exit(64)
@@ -366,6 +605,98 @@ fn main() {
             let o = connect(&args[1], addr, port, Duration::from_millis(ms));
             println!("{o}");
             exit(code(o))
+        }
+        "whoserves" => {
+            if args.len() < 4 {
+                usage();
+            }
+            let addr: IpAddr = args[2].parse().unwrap_or_else(|_| usage());
+            let port: u16 = args[3].parse().unwrap_or_else(|_| usage());
+            let ms: u64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            match whoserves(
+                &args[1],
+                SocketAddr::new(addr, port),
+                Duration::from_millis(ms),
+            ) {
+                Ok(line) => println!("{line}"),
+                Err(o) => {
+                    println!("{o}");
+                    exit(code(o))
+                }
+            }
+        }
+        "spoof-udp" => {
+            if args.len() < 4 {
+                usage();
+            }
+            let src: IpAddr = args[1].parse().unwrap_or_else(|_| usage());
+            let dst: IpAddr = args[2].parse().unwrap_or_else(|_| usage());
+            let port: u16 = args[3].parse().unwrap_or_else(|_| usage());
+            let o = spoof_udp(src, dst, port);
+            println!("{o}");
+            exit(code(o))
+        }
+        "recv-once" => {
+            if args.len() < 3 {
+                usage();
+            }
+            let port: u16 = args[1].parse().unwrap_or_else(|_| usage());
+            let ms: u64 = args[2].parse().unwrap_or_else(|_| usage());
+            let s = UdpSocket::bind(SocketAddr::new("::".parse().unwrap(), port))
+                .unwrap_or_else(|e| fail(&format!("bind udp {port}: {e}")));
+            let _ = s.set_read_timeout(Some(Duration::from_millis(ms)));
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            let mut buf = [0u8; 64];
+            match s.recv_from(&mut buf) {
+                Ok((_, from)) => println!("got {from}"),
+                Err(e) => println!("{}", outcome_of(&e)),
+            }
+        }
+        "udp-connected" => {
+            if args.len() < 3 {
+                usage();
+            }
+            let addr: IpAddr = args[1].parse().unwrap_or_else(|_| usage());
+            let port: u16 = args[2].parse().unwrap_or_else(|_| usage());
+            let ms: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let o = udp_connected(SocketAddr::new(addr, port), Duration::from_millis(ms));
+            println!("{o}");
+            exit(code(o))
+        }
+        "dns" => {
+            if args.len() < 3 {
+                usage();
+            }
+            let server: IpAddr = args[1].parse().unwrap_or_else(|_| usage());
+            let ms: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let sa = SocketAddr::new(server, 53);
+            let bind: SocketAddr = if server.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let run = || -> Result<String, &'static str> {
+                let s = UdpSocket::bind(bind).map_err(|e| outcome_of(&e))?;
+                let _ = s.set_read_timeout(Some(Duration::from_millis(ms)));
+                s.send_to(&dns::query(&args[2]), sa)
+                    .map_err(|e| outcome_of(&e))?;
+                let mut buf = [0u8; 512];
+                let (n, from) = s.recv_from(&mut buf).map_err(|e| outcome_of(&e))?;
+                // Resolvers drop answers from another address than the one they asked.
+                if from != sa {
+                    return Err("error");
+                }
+                let a = dns::parse(&buf[..n]).ok_or("error")?;
+                Ok(std::net::Ipv4Addr::from(a).to_string())
+            };
+            match run() {
+                Ok(a) => println!("{a}"),
+                Err(o) => {
+                    println!("{o}");
+                    exit(code(o))
+                }
+            }
         }
         "matrix" => {
             let ms: u64 = args
