@@ -431,3 +431,43 @@ fn restarted_agent_in_a_fresh_pod_cgroup_is_not_locked_out() {
     drop(second);
     drop(first);
 }
+
+#[test]
+fn a_pod_cgroup_nobody_classifies_is_reported_with_its_path() {
+    let Some(node) = node(
+        "a_pod_cgroup_nobody_classifies_is_reported_with_its_path",
+        75,
+        &["a"],
+    ) else {
+        return;
+    };
+    let agent = node.start_agent(&[]);
+    assert_eq!(agent.metric("enforcer_unclassified_cgroups"), Some(0.0));
+    // A pod cgroup of a pod that no manifest describes (as after a missed API event).
+    let stray = node.kubepods.join(
+        "kubepods-burstable.slice/kubepods-burstable-pod5a5a5a5a_0000_4000_8000_000000000075.slice",
+    );
+    std::fs::create_dir_all(&stray).unwrap();
+    let start = Instant::now();
+    loop {
+        if agent.metric("enforcer_unclassified_cgroups") == Some(1.0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "not reported:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "reported before the grace period"
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("unclassified") && log.contains("kubepods-burstable-pod5a5a5a5a"),
+        "the log names the cgroup:\n{log}"
+    );
+    std::fs::remove_dir(&stray).unwrap();
+}

@@ -283,7 +283,13 @@ struct Reconciler {
     local_ips: BTreeMap<IpAddr, crate::model::ObjectRef>,
     /// The agent's own cgroup below kubepods: always present, unmanaged.
     own_cgroup: Option<u64>,
+    /// Pod cgroups (by pod uid) that no pod of the cluster state classifies yet: when they
+    /// were first seen so, and whether that was reported.
+    unclassified: BTreeMap<String, (Instant, bool)>,
 }
+
+/// How long a pod cgroup may stay unclassified before it is reported.
+const UNCLASSIFIED_REPORT_AFTER: Duration = Duration::from_secs(5);
 
 impl Reconciler {
     /// Recompile from a snapshot and apply the difference.
@@ -561,6 +567,54 @@ impl Reconciler {
         }
     }
 
+    /// Report pod cgroups that no pod of the cluster state has classified for a while
+    /// (their traffic is denied with `--unclassified deny`): a log line with the path,
+    /// once per cgroup, and the gauge `enforcer_unclassified_cgroups`.
+    fn report_unclassified(&mut self) {
+        let now = Instant::now();
+        let mut still = BTreeMap::new();
+        for (uid, ids) in &self.cgroups.by_uid {
+            let own = self.own_cgroup.is_some_and(|o| ids.contains(&o));
+            if own || self.desired.endpoints.contains_key(uid) {
+                continue;
+            }
+            let (since, reported) = self.unclassified.get(uid).copied().unwrap_or((now, false));
+            still.insert(uid.clone(), (since, reported));
+        }
+        let mut overdue = 0;
+        for (uid, (since, reported)) in still.iter_mut() {
+            if now.duration_since(*since) < UNCLASSIFIED_REPORT_AFTER {
+                continue;
+            }
+            overdue += 1;
+            if !*reported {
+                *reported = true;
+                let paths: Vec<String> = self
+                    .cgroups
+                    .by_path
+                    .iter()
+                    .filter(|(_, (u, _))| u == uid)
+                    .map(|(p, _)| p.display().to_string())
+                    .collect();
+                tracing::warn!(
+                    "pod cgroup of uid {uid} has been unclassified for {:?} (no pod with this \
+                     uid or static pod config hash on node {}); its traffic is treated as \
+                     unclassified: {}",
+                    now.duration_since(*since),
+                    self.node,
+                    paths.join(", ")
+                );
+            }
+        }
+        self.unclassified = still;
+        self.metrics.set(
+            "enforcer_unclassified_cgroups",
+            "Pod cgroups below kubepods that no known pod has classified for more than 5 s.",
+            &[],
+            overdue as f64,
+        );
+    }
+
     /// Apply a cgroup change from the kubelet watcher.
     fn cgroup_event(&mut self, ev: kubelet::CgroupEvent) -> Result<()> {
         match ev {
@@ -802,6 +856,7 @@ pub async fn run(opts: Options) -> Result<()> {
         root_level_reported: None,
         local_ips: BTreeMap::new(),
         own_cgroup,
+        unclassified: BTreeMap::new(),
     };
 
     let (mut watcher, initial) = kubelet::Watcher::new(kubepods.clone())?;
@@ -859,6 +914,7 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::select! {
             _ = tick.tick() => {
                 rec.export_counters();
+                rec.report_unclassified();
                 // Node addresses come and go (DHCP, IPVS ClusterIPs, NodeLocal DNSCache):
                 // re-read them and recompile when they changed.
                 let addrs = host_addresses(&rec.extra_node_ips);
