@@ -271,7 +271,7 @@ impl SimNode {
             fs::create_dir_all(&ctr).expect("mkdir pod cgroup");
             ctr
         });
-        let mut args = vec!["serve".to_string()];
+        let mut args = vec!["serve".to_string(), format!("id={}", spec.name)];
         for (proto, port) in &self.ports {
             args.push(format!("{proto}:{port}"));
         }
@@ -334,10 +334,12 @@ impl SimNode {
                 "spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: busybox\n    ports:"
             );
             for (proto, port) in &self.ports {
+                // The probe's "dns" server is a UDP port.
+                let protocol = if *proto == "dns" { "UDP" } else { proto };
                 let _ = writeln!(
                     y,
                     "    - name: serve-{port}-{proto}\n      containerPort: {port}\n      protocol: {}",
-                    proto.to_uppercase()
+                    protocol.to_uppercase()
                 );
             }
             let _ = writeln!(
@@ -347,6 +349,30 @@ impl SimNode {
             );
         }
         y
+    }
+
+    /// Route between the pods through the node (as a ptp/bridge CNI's gateway does): the
+    /// node forwards, and every pod's default route points at the node's address. Needed
+    /// for traffic to addresses outside the pod subnet (Service addresses the node NATs).
+    pub fn enable_routing(&self) {
+        for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            sh(
+                "ip",
+                &["netns", "exec", &self.node_ns.name, "sysctl", "-qw", key],
+            );
+        }
+        for p in self.pods.values() {
+            p.netns
+                .ip(&["route", "add", "default", "via", &self.node_v4.to_string()]);
+            p.netns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &self.node_v6.to_string(),
+            ]);
+        }
     }
 
     /// Write a manifest file atomically (rename into place), as editors and ConfigMap

@@ -681,3 +681,247 @@ fn port_spec(p: &net::NetworkPolicyPort, path: &str, errs: &mut Errors) -> Optio
 
 #[cfg(test)]
 mod tests;
+
+/// An IP address field; `None` (and an error) when it does not parse.
+fn ip_field(value: &str, path: &str, errs: &mut Errors) -> Option<IpAddr> {
+    match value.parse::<IpAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(path, format!("invalid IP address {value:?}"));
+            None
+        }
+    }
+}
+
+/// Default sessionAffinityConfig.clientIP.timeoutSeconds (3 hours), as upstream.
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
+/// Converts a Service: its frontends (cluster IPs, external IPs, load balancer IPs, node
+/// ports), ports and traffic settings. Headless (`clusterIP: None`) and ExternalName
+/// Services convert to a Service without cluster IPs: nothing to translate.
+pub fn service(svc: &core::Service) -> Result<model::Service, Vec<FieldError>> {
+    let mut errs = Errors::default();
+    let meta = &svc.metadata;
+    let name = object_name(meta, names::dns1123_label, &mut errs);
+    let namespace = object_namespace(meta, &mut errs);
+    let default = core::ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&default);
+    let external_name = spec.type_.as_deref() == Some("ExternalName");
+    let mut cluster_ips = Vec::new();
+    if !external_name {
+        let (list, path): (Vec<&str>, &str) = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => {
+                (ips.iter().map(String::as_str).collect(), "spec.clusterIPs")
+            }
+            _ => (
+                spec.cluster_ip.as_deref().into_iter().collect(),
+                "spec.clusterIP",
+            ),
+        };
+        for (i, ip) in list.iter().enumerate() {
+            if ip.is_empty() || *ip == "None" {
+                continue;
+            }
+            let p = if path == "spec.clusterIPs" {
+                format!("{path}[{i}]")
+            } else {
+                path.to_string()
+            };
+            cluster_ips.extend(ip_field(ip, &p, &mut errs));
+        }
+    }
+    let mut external_ips = Vec::new();
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        external_ips.extend(ip_field(ip, &format!("spec.externalIPs[{i}]"), &mut errs));
+    }
+    let mut load_balancer_ips = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        if let Some(ip) = ing.ip.as_deref().filter(|s| !s.is_empty()) {
+            load_balancer_ips.extend(ip_field(
+                ip,
+                &format!("status.loadBalancer.ingress[{i}].ip"),
+                &mut errs,
+            ));
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        let protocol = protocol(
+            p.protocol.as_deref(),
+            &format!("{path}.protocol"),
+            &mut errs,
+        );
+        let port = port_number(p.port, &format!("{path}.port"), &mut errs);
+        let node_port = p
+            .node_port
+            .filter(|n| *n != 0)
+            .and_then(|n| port_number(n, &format!("{path}.nodePort"), &mut errs));
+        if let (Some(protocol), Some(port)) = (protocol, port) {
+            ports.push(model::ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol,
+                port,
+                node_port,
+            });
+        }
+    }
+    let affinity_timeout_s = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match t {
+                None => Some(DEFAULT_AFFINITY_TIMEOUT_S),
+                Some(t) if (1..=86_400).contains(&t) => Some(t as u32),
+                Some(t) => {
+                    errs.push(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("must be between 1 and 86400, got {t}"),
+                    );
+                    None
+                }
+            }
+        }
+        Some(other) => {
+            errs.push(
+                "spec.sessionAffinity",
+                unsupported(other, &["None", "ClientIP"]),
+            );
+            None
+        }
+    };
+    let policy = |v: Option<&str>, path: &str, errs: &mut Errors| match v {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            errs.push(path, unsupported(other, &["Cluster", "Local"]));
+            false
+        }
+    };
+    let internal_local = policy(
+        spec.internal_traffic_policy.as_deref(),
+        "spec.internalTrafficPolicy",
+        &mut errs,
+    );
+    let external_local = policy(
+        spec.external_traffic_policy.as_deref(),
+        "spec.externalTrafficPolicy",
+        &mut errs,
+    );
+    errs.finish(model::Service {
+        namespace,
+        name,
+        cluster_ips,
+        external_ips,
+        load_balancer_ips,
+        ports,
+        affinity_timeout_s,
+        internal_local,
+        external_local,
+    })
+}
+
+/// The label that names an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Converts an EndpointSlice. A slice without the [`SERVICE_NAME_LABEL`] (not a Service's)
+/// or of the FQDN address type converts to a slice with no endpoints: nothing leads there.
+pub fn endpoint_slice(
+    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Result<model::EndpointSlice, Vec<FieldError>> {
+    let mut errs = Errors::default();
+    let meta = &slice.metadata;
+    let name = object_name(meta, names::dns1123_subdomain, &mut errs);
+    let namespace = object_namespace(meta, &mut errs);
+    let service = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    let family_ok = |a: &IpAddr| match slice.address_type.as_str() {
+        "IPv4" => a.is_ipv4(),
+        "IPv6" => a.is_ipv6(),
+        _ => false,
+    };
+    let mut ports = Vec::new();
+    let mut endpoints = Vec::new();
+    match slice.address_type.as_str() {
+        "IPv4" | "IPv6" => {}
+        "FQDN" => {
+            return errs.finish(model::EndpointSlice {
+                namespace,
+                name,
+                service,
+                ports,
+                endpoints,
+            });
+        }
+        other => errs.push("addressType", unsupported(other, &["IPv4", "IPv6", "FQDN"])),
+    }
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let path = format!("ports[{i}]");
+        let protocol = protocol(
+            p.protocol.as_deref(),
+            &format!("{path}.protocol"),
+            &mut errs,
+        );
+        // A port without a number: every port of the endpoint (no translation target).
+        let Some(n) = p.port else { continue };
+        let port = port_number(n, &format!("{path}.port"), &mut errs);
+        if let (Some(protocol), Some(port)) = (protocol, port) {
+            ports.push(model::SlicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol,
+                port,
+            });
+        }
+    }
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        let mut addresses = Vec::new();
+        for (j, a) in ep.addresses.iter().enumerate() {
+            let path = format!("endpoints[{i}].addresses[{j}]");
+            if let Some(ip) = ip_field(a, &path, &mut errs) {
+                if family_ok(&ip) {
+                    addresses.push(ip);
+                } else {
+                    errs.push(
+                        path,
+                        format!(
+                            "{a} is not of the slice's addressType {}",
+                            slice.address_type
+                        ),
+                    );
+                }
+            }
+        }
+        let c = ep.conditions.as_ref();
+        // Upstream: a missing ready condition means ready; serving defaults to ready.
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+        endpoints.push(model::SliceEndpoint {
+            addresses,
+            ready,
+            serving,
+            terminating,
+            node_name: ep.node_name.clone(),
+        });
+    }
+    errs.finish(model::EndpointSlice {
+        namespace,
+        name,
+        service,
+        ports,
+        endpoints,
+    })
+}

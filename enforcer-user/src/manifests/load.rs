@@ -487,6 +487,14 @@ fn convert_object(
             Object::NetworkPolicy(convert::network_policy(&np)?)
         }
         Kind::RuntimePolicy => Object::RuntimePolicy(runtime_policy(value, id)?),
+        Kind::Service => {
+            let svc: core::Service = decode(value, text)?;
+            Object::Service(convert::service(&svc)?)
+        }
+        Kind::EndpointSlice => {
+            let slice: k8s_openapi::api::discovery::v1::EndpointSlice = decode(value, text)?;
+            Object::EndpointSlice(convert::endpoint_slice(&slice)?)
+        }
     })
 }
 

@@ -37,6 +37,9 @@ pub enum Kind {
     NetworkPolicy,
     /// enforcer's own runtime guard policy (`enforcer.dev/v1alpha1`).
     RuntimePolicy,
+    /// Services and their EndpointSlices: the frontends translated at the socket.
+    Service,
+    EndpointSlice,
 }
 
 impl Kind {
@@ -47,15 +50,18 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::RuntimePolicy => "RuntimePolicy",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
     /// The only `apiVersion` accepted for the kind.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::RuntimePolicy => "enforcer.dev/v1alpha1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
         }
     }
 
@@ -70,6 +76,8 @@ impl Kind {
             "Pod" => Kind::Pod,
             "NetworkPolicy" => Kind::NetworkPolicy,
             "RuntimePolicy" => Kind::RuntimePolicy,
+            "Service" => Kind::Service,
+            "EndpointSlice" => Kind::EndpointSlice,
             _ => return None,
         })
     }
@@ -129,6 +137,8 @@ pub enum Object {
     Pod(model::Pod),
     NetworkPolicy(model::NetworkPolicy),
     RuntimePolicy(RuntimePolicy),
+    Service(model::Service),
+    EndpointSlice(model::EndpointSlice),
 }
 
 /// A problem found while loading manifests.

@@ -95,7 +95,9 @@ impl Store {
         let (cluster, runtime_policies) = build(&next);
         let changed = cluster.namespaces != self.cluster.namespaces
             || cluster.pods != self.cluster.pods
-            || cluster.network_policies != self.cluster.network_policies;
+            || cluster.network_policies != self.cluster.network_policies
+            || cluster.services != self.cluster.services
+            || cluster.endpoint_slices != self.cluster.endpoint_slices;
         let runtime_changed = runtime_policies != self.runtime_policies;
         self.objects = next;
         self.cluster = cluster;
@@ -136,6 +138,12 @@ fn build(objects: &BTreeMap<ObjectId, Stored>) -> (Cluster, BTreeMap<ObjectRef, 
             }
             Object::RuntimePolicy(rp) => {
                 runtime.insert(rp.key(), rp.clone());
+            }
+            Object::Service(svc) => {
+                cluster.services.insert(svc.key(), svc.clone());
+            }
+            Object::EndpointSlice(slice) => {
+                cluster.endpoint_slices.insert(slice.key(), slice.clone());
             }
         }
     }
