@@ -1,6 +1,6 @@
 //! Kubernetes mode: the cluster state from the API server.
 //!
-//! Five watches (kube-runtime's watcher: paginated list, then watch from the list's
+//! Seven watches (kube-runtime's watcher: paginated list, then watch from the list's
 //! resourceVersion with bookmarks, relist on 410 Gone, default backoff on errors):
 //!
 //! | watch | request | kept |
@@ -10,6 +10,8 @@
 //! | namespaces | `/api/v1/namespaces` | |
 //! | network policies | `/apis/networking.k8s.io/v1/networkpolicies` | |
 //! | runtime policies | `/apis/enforcer.dev/v1alpha1/runtimepolicies` | optional CRD |
+//! | services | `/api/v1/services` | Service frontends |
+//! | endpoint slices | `/apis/discovery.k8s.io/v1/endpointslices` | their backends |
 //!
 //! Objects are converted to the model as they arrive (pods decoded into a lean type first)
 //! and only the model is kept; invalid objects are logged (kind, namespace/name, field) and
@@ -18,8 +20,8 @@
 //! changes are coalesced for [`Tuning::debounce`] into one snapshot, built incrementally
 //! (see [`store`]).
 //!
-//! Metrics (`resource` is `local_pods`, `pods`, `namespaces`, `networkpolicies` or
-//! `runtimepolicies`):
+//! Metrics (`resource` is `local_pods`, `pods`, `namespaces`, `networkpolicies`,
+//! `runtimepolicies`, `services` or `endpointslices`):
 //! - `enforcer_kube_objects{resource}`: objects held (valid, converted);
 //! - `enforcer_kube_invalid_objects{resource}`: objects left out or held at their last
 //!   valid version;
@@ -180,6 +182,18 @@ pub async fn run_with_client(
     spawner.watch(
         Res::RuntimePolicies,
         Api::<DynamicObject>::all_with(client.clone(), &runtime_policy_resource()),
+        config.clone(),
+        Box::new(|_| true),
+    );
+    spawner.watch(
+        Res::Services,
+        Api::<core::Service>::all(client.clone()),
+        config.clone(),
+        Box::new(|_| true),
+    );
+    spawner.watch(
+        Res::EndpointSlices,
+        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(client.clone()),
         config,
         Box::new(|_| true),
     );
@@ -214,13 +228,16 @@ pub async fn run_with_client(
                 if !published {
                     tracing::info!(
                         "initial lists complete in {:?}: {} local pods, {} other pods, {} \
-                         namespaces, {} network policies, {} runtime policies",
+                         namespaces, {} network policies, {} runtime policies, {} services, \
+                         {} endpoint slices",
                         started.elapsed(),
                         store.objects(Res::LocalPods),
                         store.objects(Res::Pods),
                         store.objects(Res::Namespaces),
                         store.objects(Res::NetworkPolicies),
                         store.objects(Res::RuntimePolicies),
+                        store.objects(Res::Services),
+                        store.objects(Res::EndpointSlices),
                     );
                     published = true;
                     if !publish(&mut store, &tx, &metrics, &mut report) {
@@ -285,6 +302,8 @@ fn dispatch(store: &mut Store, msg: Msg) {
         Payload::Pod(ev) => store.handle(msg.res, ev),
         Payload::NetworkPolicy(ev) => store.handle(msg.res, ev),
         Payload::RuntimePolicy(ev) => store.handle(msg.res, ev),
+        Payload::Service(ev) => store.handle(msg.res, ev),
+        Payload::EndpointSlice(ev) => store.handle(msg.res, ev),
     }
 }
 

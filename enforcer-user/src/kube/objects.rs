@@ -43,15 +43,22 @@ pub enum Res {
     NetworkPolicies,
     /// `runtimepolicies.enforcer.dev`: optional, its CRD may be missing.
     RuntimePolicies,
+    Services,
+    EndpointSlices,
 }
 
+/// Number of watches ([`Res::ALL`]).
+pub const WATCHES: usize = 7;
+
 impl Res {
-    pub const ALL: [Res; 5] = [
+    pub const ALL: [Res; WATCHES] = [
         Res::LocalPods,
         Res::Pods,
         Res::Namespaces,
         Res::NetworkPolicies,
         Res::RuntimePolicies,
+        Res::Services,
+        Res::EndpointSlices,
     ];
 
     /// The `resource` label of the `enforcer_kube_*` metrics.
@@ -62,6 +69,8 @@ impl Res {
             Res::Namespaces => "namespaces",
             Res::NetworkPolicies => "networkpolicies",
             Res::RuntimePolicies => "runtimepolicies",
+            Res::Services => "services",
+            Res::EndpointSlices => "endpointslices",
         }
     }
 
@@ -143,6 +152,26 @@ impl Watched for net::NetworkPolicy {
     }
     fn into_model(self) -> Result<model::NetworkPolicy, Vec<FieldError>> {
         convert::network_policy(&self)
+    }
+}
+
+impl Watched for core::Service {
+    type Model = model::Service;
+    fn key(&self) -> ObjectRef {
+        object_ref(&self.metadata)
+    }
+    fn into_model(self) -> Result<model::Service, Vec<FieldError>> {
+        convert::service(&self)
+    }
+}
+
+impl Watched for k8s_openapi::api::discovery::v1::EndpointSlice {
+    type Model = model::EndpointSlice;
+    fn key(&self) -> ObjectRef {
+        object_ref(&self.metadata)
+    }
+    fn into_model(self) -> Result<model::EndpointSlice, Vec<FieldError>> {
+        convert::endpoint_slice(&self)
     }
 }
 

@@ -31,7 +31,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::objects::Res;
+use super::objects::{Res, WATCHES};
 use crate::{
     agent::source::Snapshot,
     manifests::{FieldError, Kind, ObjectId},
@@ -155,6 +155,50 @@ impl Slot for RuntimePolicy {
     }
 }
 
+impl Slot for model::Service {
+    type Key = ObjectRef;
+    fn map(s: &Snapshot) -> &BTreeMap<ObjectRef, Self> {
+        &s.cluster.services
+    }
+    fn map_mut(s: &mut Snapshot) -> &mut BTreeMap<ObjectRef, Self> {
+        &mut s.cluster.services
+    }
+    fn table(t: &mut Tables) -> &mut Table<Self> {
+        &mut t.services
+    }
+    fn table_ref(t: &Tables) -> &Table<Self> {
+        &t.services
+    }
+    fn owner(&self, _: &str) -> Res {
+        Res::Services
+    }
+    fn id(key: &ObjectRef) -> ObjectId {
+        namespaced_id(Kind::Service, key)
+    }
+}
+
+impl Slot for model::EndpointSlice {
+    type Key = ObjectRef;
+    fn map(s: &Snapshot) -> &BTreeMap<ObjectRef, Self> {
+        &s.cluster.endpoint_slices
+    }
+    fn map_mut(s: &mut Snapshot) -> &mut BTreeMap<ObjectRef, Self> {
+        &mut s.cluster.endpoint_slices
+    }
+    fn table(t: &mut Tables) -> &mut Table<Self> {
+        &mut t.endpoint_slices
+    }
+    fn table_ref(t: &Tables) -> &Table<Self> {
+        &t.endpoint_slices
+    }
+    fn owner(&self, _: &str) -> Res {
+        Res::EndpointSlices
+    }
+    fn id(key: &ObjectRef) -> ObjectId {
+        namespaced_id(Kind::EndpointSlice, key)
+    }
+}
+
 /// An object from a watch, converted.
 #[derive(Debug)]
 pub struct Converted<T: Slot> {
@@ -224,7 +268,7 @@ impl<T: Slot> Table<T> {
         node: &str,
         key: T::Key,
         value: Option<T>,
-        counts: &mut [i64; 5],
+        counts: &mut [i64; WATCHES],
     ) -> bool {
         let current = self.get(latest, &key);
         if current == value.as_ref() {
@@ -307,6 +351,8 @@ pub struct Tables {
     pub pods: Table<model::Pod>,
     pub network_policies: Table<model::NetworkPolicy>,
     pub runtime_policies: Table<RuntimePolicy>,
+    pub services: Table<model::Service>,
+    pub endpoint_slices: Table<model::EndpointSlice>,
 }
 
 /// Counters and state of one watch, for readiness and metrics.
@@ -343,9 +389,9 @@ pub struct Store {
     latest: Arc<Snapshot>,
     spare: Option<Arc<Snapshot>>,
     tables: Tables,
-    watches: [WatchStats; 5],
+    watches: [WatchStats; WATCHES],
     /// Objects currently shown, per owning watch.
-    counts: [i64; 5],
+    counts: [i64; WATCHES],
 }
 
 impl Store {
@@ -356,7 +402,7 @@ impl Store {
             spare: None,
             tables: Tables::default(),
             watches: Default::default(),
-            counts: [0; 5],
+            counts: [0; WATCHES],
         }
     }
 
@@ -371,7 +417,9 @@ impl Store {
         !(t.namespaces.pending.is_empty()
             && t.pods.pending.is_empty()
             && t.network_policies.pending.is_empty()
-            && t.runtime_policies.pending.is_empty())
+            && t.runtime_policies.pending.is_empty()
+            && t.services.pending.is_empty()
+            && t.endpoint_slices.pending.is_empty())
     }
 
     pub fn stats(&self, res: Res) -> &WatchStats {
@@ -394,6 +442,8 @@ impl Store {
             Res::Namespaces => count(&t.namespaces, res),
             Res::NetworkPolicies => count(&t.network_policies, res),
             Res::RuntimePolicies => count(&t.runtime_policies, res),
+            Res::Services => count(&t.services, res),
+            Res::EndpointSlices => count(&t.endpoint_slices, res),
         }
     }
 
@@ -556,6 +606,8 @@ impl Store {
             t.pods.catch_up(s, latest);
             t.network_policies.catch_up(s, latest);
             t.runtime_policies.catch_up(s, latest);
+            t.services.catch_up(s, latest);
+            t.endpoint_slices.catch_up(s, latest);
             let spare = self.spare.take().expect("reused above");
             (spare, Build::Incremental)
         } else {
@@ -566,6 +618,8 @@ impl Store {
             t.pods.apply_pending(&mut s);
             t.network_policies.apply_pending(&mut s);
             t.runtime_policies.apply_pending(&mut s);
+            t.services.apply_pending(&mut s);
+            t.endpoint_slices.apply_pending(&mut s);
             (Arc::new(s), Build::Full)
         };
         self.spare = Some(std::mem::replace(&mut self.latest, next.clone()));

@@ -94,6 +94,20 @@ fn runtime_policy(ns: &str, name: &str, guard: &str) -> Value {
     })
 }
 
+fn service(ns: &str, name: &str, ip: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns},
+           "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+}
+
+fn endpoint_slice(ns: &str, name: &str, service: &str, ip: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns,
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+           "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]})
+}
+
 fn key(ns: &str, name: &str) -> ObjectRef {
     ObjectRef {
         namespace: ns.into(),
@@ -1153,4 +1167,46 @@ fn the_tls_backend_needs_no_system_openssl() {
         .unwrap();
     let _guard = rt.enter();
     ::kube::Client::try_from(config).expect("an HTTPS client");
+}
+
+#[tokio::test]
+async fn services_and_their_slices_come_and_go() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.put(R::Services, service("shop", "web", "10.96.0.20"));
+    api.put(
+        R::EndpointSlices,
+        endpoint_slice("shop", "web-abc", "web", "10.0.1.1"),
+    );
+    let mut src = start(&api);
+    let s = src
+        .until("the Service and its slice", |s| {
+            s.cluster.services.contains_key(&key("shop", "web"))
+                && s.cluster
+                    .endpoint_slices
+                    .contains_key(&key("shop", "web-abc"))
+        })
+        .await;
+    let svc = &s.cluster.services[&key("shop", "web")];
+    assert_eq!(
+        svc.cluster_ips,
+        vec!["10.96.0.20".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(svc.ports[0].port, 80);
+    let slice = &s.cluster.endpoint_slices[&key("shop", "web-abc")];
+    assert_eq!(slice.service, "web");
+    assert_eq!(slice.ports[0].port, 8080);
+    assert!(slice.endpoints[0].ready);
+    // An invalid Service is reported and left out; deletions remove.
+    api.put(R::Services, service("shop", "bad", "10.96.0.999"));
+    src.metric_until("the invalid Service counted", |s| {
+        s.res_metric("enforcer_kube_invalid_objects", "services") == 1.0
+    })
+    .await;
+    api.delete(R::EndpointSlices, "shop", "web-abc");
+    api.delete(R::Services, "shop", "web");
+    src.until("both gone", |s| {
+        s.cluster.services.is_empty() && s.cluster.endpoint_slices.is_empty()
+    })
+    .await;
 }

@@ -34,6 +34,8 @@ pub enum Payload {
     Pod(Ev<model::Pod>),
     NetworkPolicy(Ev<model::NetworkPolicy>),
     RuntimePolicy(Ev<RuntimePolicy>),
+    Service(Ev<model::Service>),
+    EndpointSlice(Ev<model::EndpointSlice>),
 }
 
 /// How a model type travels to the store.
@@ -59,6 +61,16 @@ impl Wrap for model::NetworkPolicy {
 impl Wrap for RuntimePolicy {
     fn wrap(ev: Ev<Self>) -> Payload {
         Payload::RuntimePolicy(ev)
+    }
+}
+impl Wrap for model::Service {
+    fn wrap(ev: Ev<Self>) -> Payload {
+        Payload::Service(ev)
+    }
+}
+impl Wrap for model::EndpointSlice {
+    fn wrap(ev: Ev<Self>) -> Payload {
+        Payload::EndpointSlice(ev)
     }
 }
 

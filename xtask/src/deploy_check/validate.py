@@ -16,8 +16,8 @@ Run by xtask/src/deploy_check.rs with the virtualenv that `cargo xtask setup` cr
    output is validated the same way.
 4. shellcheck on the end-to-end scripts (--shellcheck DIR), where shellcheck is installed.
 5. Project rules on the agent's objects wherever they appear (files and renders): the
-   ClusterRole grants exactly get/list/watch on pods, namespaces, networkpolicies and
-   runtimepolicies; the DaemonSet keeps its least-privilege shape (see deploy/README.md).
+   ClusterRole grants exactly get/list/watch on pods, namespaces, services,
+   endpointslices, networkpolicies and runtimepolicies; the DaemonSet keeps its least-privilege shape (see deploy/README.md).
 
 Exit status 0 only if everything passed.
 """
@@ -43,6 +43,8 @@ KUSTOMIZATION_NAMES = {"kustomization.yaml", "kustomization.yml", "Kustomization
 EXPECTED_RBAC = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "namespaces"): {"get", "list", "watch"},
+    ("", "services"): {"get", "list", "watch"},
+    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch"},
     ("enforcer.dev", "runtimepolicies"): {"get", "list", "watch"},
 }

@@ -87,6 +87,14 @@ fn synced_store() -> Store {
                 s.handle::<RuntimePolicy>(res, Ev::Init);
                 s.handle::<RuntimePolicy>(res, Ev::InitDone);
             }
+            Res::Services => {
+                s.handle::<model::Service>(res, Ev::Init);
+                s.handle::<model::Service>(res, Ev::InitDone);
+            }
+            Res::EndpointSlices => {
+                s.handle::<model::EndpointSlice>(res, Ev::Init);
+                s.handle::<model::EndpointSlice>(res, Ev::InitDone);
+            }
         }
     }
     assert!(s.synced());
@@ -337,6 +345,10 @@ fn a_missing_resource_counts_as_synced_and_empty() {
     store.handle::<model::Namespace>(Res::Namespaces, Ev::InitDone);
     store.handle::<model::NetworkPolicy>(Res::NetworkPolicies, Ev::Init);
     store.handle::<model::NetworkPolicy>(Res::NetworkPolicies, Ev::InitDone);
+    store.handle::<model::Service>(Res::Services, Ev::Init);
+    store.handle::<model::Service>(Res::Services, Ev::InitDone);
+    store.handle::<model::EndpointSlice>(Res::EndpointSlices, Ev::Init);
+    store.handle::<model::EndpointSlice>(Res::EndpointSlices, Ev::InitDone);
     assert!(!store.synced(), "runtime policies not listed yet");
     store.handle::<RuntimePolicy>(Res::RuntimePolicies, Ev::Init);
     store.handle::<RuntimePolicy>(Res::RuntimePolicies, Ev::Missing);

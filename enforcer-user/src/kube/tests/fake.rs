@@ -43,14 +43,18 @@ pub enum R {
     Namespaces,
     NetworkPolicies,
     RuntimePolicies,
+    Services,
+    EndpointSlices,
 }
 
 impl R {
-    const ALL: [R; 4] = [
+    const ALL: [R; 6] = [
         R::Pods,
         R::Namespaces,
         R::NetworkPolicies,
         R::RuntimePolicies,
+        R::Services,
+        R::EndpointSlices,
     ];
 
     pub fn path(self) -> &'static str {
@@ -59,14 +63,17 @@ impl R {
             R::Namespaces => "/api/v1/namespaces",
             R::NetworkPolicies => "/apis/networking.k8s.io/v1/networkpolicies",
             R::RuntimePolicies => "/apis/enforcer.dev/v1alpha1/runtimepolicies",
+            R::Services => "/api/v1/services",
+            R::EndpointSlices => "/apis/discovery.k8s.io/v1/endpointslices",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
-            R::Pods | R::Namespaces => "v1",
+            R::Pods | R::Namespaces | R::Services => "v1",
             R::NetworkPolicies => "networking.k8s.io/v1",
             R::RuntimePolicies => "enforcer.dev/v1alpha1",
+            R::EndpointSlices => "discovery.k8s.io/v1",
         }
     }
 
@@ -76,6 +83,8 @@ impl R {
             R::Namespaces => "Namespace",
             R::NetworkPolicies => "NetworkPolicy",
             R::RuntimePolicies => "RuntimePolicy",
+            R::Services => "Service",
+            R::EndpointSlices => "EndpointSlice",
         }
     }
 }
