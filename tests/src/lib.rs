@@ -16,6 +16,7 @@ use std::{
 
 pub use enforcer::cgroup::{Cgroup2Mount, cgroup_id};
 
+pub mod cluster;
 pub mod sim;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -166,6 +166,7 @@ fn test(args: &[String]) -> Result<()> {
             "unit" => tiers::unit()?,
             "kernel" => tiers::kernel(filter.as_deref())?,
             "vm" => tiers::vm(filter.as_deref())?,
+            "cluster" => cluster::tier::run(filter.as_deref())?,
             _ => unreachable!(),
         };
         println!("==> {}", tally.line());

@@ -6,6 +6,9 @@
 //! - `kernel`: `enforcer-tests` suites (every `tests/tests/*.rs` not starting with `vm_`),
 //!   run as root on this machine's kernel, one test at a time (kernel state is shared).
 //! - `vm`: the `vm_*` suites, run inside Debian's 6.1 kernel under QEMU (BPF LSM active).
+//! - `cluster`: the real single-node Kubernetes cluster (`cargo xtask cluster`), the
+//!   DaemonSet, the `cluster_*` suites and the upstream NetworkPolicy e2e suite
+//!   (`cluster::tier`).
 //!
 //! Each tier prints its own counts; a test that skipped (missing kernel feature, not root)
 //! is counted as skipped with its reason, never as passed.
@@ -26,7 +29,7 @@ use crate::{
     vm,
 };
 
-pub const ALL: &[&str] = &["lint", "unit", "kernel", "vm"];
+pub const ALL: &[&str] = &["lint", "unit", "kernel", "vm", "cluster"];
 
 #[derive(Default)]
 pub struct Tally {
@@ -41,7 +44,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn new(tier: &str) -> Self {
+    pub fn new(tier: &str) -> Self {
         Self {
             tier: tier.into(),
             ..Default::default()
@@ -70,7 +73,11 @@ impl Tally {
 
 /// Run a libtest-style command, echoing its output, and count results. `skip_log` is read
 /// afterwards: tests named in it move from passed to skipped.
-fn run_libtest(cmd: &mut Command, tally: &mut Tally, skip_log: Option<&PathBuf>) -> Result<bool> {
+pub fn run_libtest(
+    cmd: &mut Command,
+    tally: &mut Tally,
+    skip_log: Option<&PathBuf>,
+) -> Result<bool> {
     eprintln!("+ {}", display(cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -322,7 +329,8 @@ pub fn kernel(filter: Option<&str>) -> Result<Tally> {
     // Suites drive the real agent binary.
     build_agent()?;
     for (name, exe) in test_executables()? {
-        if name.starts_with("vm_") {
+        // The VM and real-cluster tiers run these.
+        if name.starts_with("vm_") || name.starts_with("cluster_") {
             continue;
         }
         let mut cmd = Command::new(&exe);

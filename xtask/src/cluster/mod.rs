@@ -6,6 +6,8 @@
 //! cargo xtask cluster down                                   stop everything, remove all state
 //! cargo xtask cluster status                                 what runs, what is ready
 //! cargo xtask cluster kubectl ARGS...                        kubectl against the cluster
+//! cargo xtask cluster netpol-suite [--no-enforcer]           the upstream NetworkPolicy e2e
+//!                                                            suite, with or without enforcer
 //! ```
 //!
 //! The node is laid out the way kubeadm and kind lay out theirs:
@@ -36,6 +38,7 @@ mod images;
 mod node;
 mod pki;
 mod specs;
+pub mod tier;
 
 use std::{
     fs,
@@ -150,7 +153,7 @@ impl Layout {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask cluster up [--proxy-mode iptables|nftables]\n       cargo xtask cluster down\n       cargo xtask cluster status\n       cargo xtask cluster kubectl ARGS..."
+        "usage: cargo xtask cluster up [--proxy-mode iptables|nftables]\n       cargo xtask cluster down\n       cargo xtask cluster status\n       cargo xtask cluster kubectl ARGS...\n       cargo xtask cluster netpol-suite [--no-enforcer]"
     );
     std::process::exit(2)
 }
@@ -183,6 +186,14 @@ pub fn cluster(args: &[String]) -> Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        "netpol-suite" => {
+            let no_enforcer = match args.get(1).map(String::as_str) {
+                None => false,
+                Some("--no-enforcer") => true,
+                Some(_) => usage(),
+            };
+            tier::netpol_suite_cmd(&layout, no_enforcer)
         }
         "kubectl" => {
             let status = Command::new(layout.kubectl()).args(&args[1..]).status()?;
