@@ -200,6 +200,11 @@ pub struct NetworkPolicy {
     pub egress_isolation: bool,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    /// What could not be converted (`field: message`). Non-empty: the policy is enforced
+    /// fail-closed: it isolates what it selects (every pod of its namespace when the
+    /// selector itself is invalid, both directions when policyTypes is), and a rule with an
+    /// error allows nothing.
+    pub errors: Vec<String>,
 }
 
 impl NetworkPolicy {

@@ -471,3 +471,50 @@ fn a_pod_cgroup_nobody_classifies_is_reported_with_its_path() {
     );
     std::fs::remove_dir(&stray).unwrap();
 }
+
+#[test]
+fn a_policy_the_agent_cannot_convert_isolates_instead_of_vanishing() {
+    let Some(node) = node(
+        "a_policy_the_agent_cannot_convert_isolates_instead_of_vanishing",
+        76,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    let agent = node.start_agent(&[]);
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "ok");
+    // The API server would accept this (any int port), the agent cannot enforce it: its
+    // selector must still isolate b, and the broken rule must open nothing.
+    let before = agent.reconciles();
+    node.write_manifest(
+        "10-bad.yaml",
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-ingress, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+  - from:
+    - podSelector: {}
+    ports:
+    - port: 70000
+"#,
+    );
+    agent.wait_reconciled(before, Duration::from_secs(5));
+    assert_eq!(
+        node.probe("x/a", "x/b", "tcp", 80, false, 500),
+        "timeout",
+        "the unconvertible policy was dropped: b is open"
+    );
+    assert_eq!(node.probe("x/b", "x/a", "tcp", 80, false, 500), "ok");
+    assert_eq!(
+        agent.metric("enforcer_network_policies_fail_closed"),
+        Some(1.0)
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("x/b-ingress") && log.contains("fail-closed"),
+        "not reported:\n{log}"
+    );
+}

@@ -286,6 +286,8 @@ struct Reconciler {
     /// Pod cgroups (by pod uid) that no pod of the cluster state classifies yet: when they
     /// were first seen so, and whether that was reported.
     unclassified: BTreeMap<String, (Instant, bool)>,
+    /// NetworkPolicies enforced fail-closed, with the errors last reported for them.
+    fail_closed: BTreeMap<crate::model::ObjectRef, Vec<String>>,
 }
 
 /// How long a pod cgroup may stay unclassified before it is reported.
@@ -294,6 +296,7 @@ const UNCLASSIFIED_REPORT_AFTER: Duration = Duration::from_secs(5);
 impl Reconciler {
     /// Recompile from a snapshot and apply the difference.
     fn recompile(&mut self, snap: &Snapshot) -> Result<()> {
+        self.report_fail_closed(snap);
         self.desired_services = self.services.compile(&ServiceInput {
             cluster: &snap.cluster,
             node_name: &self.node,
@@ -565,6 +568,34 @@ impl Reconciler {
                 level as f64,
             );
         }
+    }
+
+    /// Report NetworkPolicies that could only be enforced fail-closed (once per change of
+    /// their errors), and count them.
+    fn report_fail_closed(&mut self, snap: &Snapshot) {
+        let now: BTreeMap<_, _> = snap
+            .cluster
+            .network_policies
+            .values()
+            .filter(|p| !p.errors.is_empty())
+            .map(|p| (p.key(), p.errors.clone()))
+            .collect();
+        for (key, errors) in &now {
+            if self.fail_closed.get(key) != Some(errors) {
+                tracing::error!(
+                    "NetworkPolicy {key} is enforced fail-closed (it isolates the pods it \
+                     selects; the rules below allow nothing): {}",
+                    errors.join("; ")
+                );
+            }
+        }
+        self.metrics.set(
+            "enforcer_network_policies_fail_closed",
+            "NetworkPolicies with fields the agent cannot enforce exactly, enforced fail-closed.",
+            &[],
+            now.len() as f64,
+        );
+        self.fail_closed = now;
     }
 
     /// Report pod cgroups that no pod of the cluster state has classified for a while
@@ -857,6 +888,7 @@ pub async fn run(opts: Options) -> Result<()> {
         local_ips: BTreeMap::new(),
         own_cgroup,
         unclassified: BTreeMap::new(),
+        fail_closed: BTreeMap::new(),
     };
 
     let (mut watcher, initial) = kubelet::Watcher::new(kubepods.clone())?;

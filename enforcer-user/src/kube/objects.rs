@@ -150,8 +150,10 @@ impl Watched for net::NetworkPolicy {
     fn key(&self) -> ObjectRef {
         object_ref(&self.metadata)
     }
+    /// Never refused: a policy the API server accepted but the agent cannot convert is
+    /// enforced fail-closed (its errors travel in the model and the agent reports them).
     fn into_model(self) -> Result<model::NetworkPolicy, Vec<FieldError>> {
-        convert::network_policy(&self)
+        Ok(convert::network_policy_fail_closed(&self).0)
     }
 }
 

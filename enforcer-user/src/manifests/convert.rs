@@ -457,16 +457,43 @@ fn container_ports(c: &core::Container, base: &str, out: &mut Vec<NamedPort>, er
 /// holds at least one rule. A missing `spec` is the empty spec (deny all ingress to every
 /// pod of the namespace), which is what the API server would store.
 pub fn network_policy(np: &net::NetworkPolicy) -> Result<model::NetworkPolicy, Vec<FieldError>> {
+    let (policy, errors) = network_policy_fail_closed(np);
+    if errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Converts a NetworkPolicy whatever its errors: the policy as far as it is valid, enforced
+/// fail-closed (see `model::NetworkPolicy::errors`), and every error. The API server may
+/// accept what the agent cannot enforce exactly; dropping such a policy would open what it
+/// was meant to close, so the agent isolates instead.
+///
+/// - an invalid `podSelector` selects every pod of the namespace;
+/// - an invalid `policyTypes` isolates both directions;
+/// - a rule with any invalid field (peer or port) is left out: it allows nothing.
+pub fn network_policy_fail_closed(
+    np: &net::NetworkPolicy,
+) -> (model::NetworkPolicy, Vec<FieldError>) {
     let mut errs = Errors::default();
     let meta = &np.metadata;
-    let name = object_name(meta, names::dns1123_subdomain, &mut errs);
+    let mut name = object_name(meta, names::dns1123_subdomain, &mut errs);
+    if name.is_empty() {
+        name = meta.name.clone().unwrap_or_default();
+    }
     let namespace = object_namespace(meta, &mut errs);
     let empty = net::NetworkPolicySpec::default();
     let spec = np.spec.as_ref().unwrap_or(&empty);
 
-    let pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector", &mut errs);
+    let before = errs.0.len();
+    let mut pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector", &mut errs);
+    if errs.0.len() > before {
+        pod_selector = LabelSelector::default();
+    }
 
-    let (ingress_isolation, egress_isolation) = match spec.policy_types.as_deref() {
+    let before = errs.0.len();
+    let (mut ingress_isolation, mut egress_isolation) = match spec.policy_types.as_deref() {
         Some(types) if !types.is_empty() => {
             if types.len() > 2 {
                 errs.push(
@@ -489,51 +516,56 @@ pub fn network_policy(np: &net::NetworkPolicy) -> Result<model::NetworkPolicy, V
         }
         _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
     };
+    if errs.0.len() > before {
+        (ingress_isolation, egress_isolation) = (true, true);
+    }
 
-    let ingress = spec
-        .ingress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| {
-            let base = format!("spec.ingress[{i}]");
-            rule(
-                r.from.as_deref(),
-                "from",
-                r.ports.as_deref(),
-                &base,
-                &namespace,
-                &mut errs,
-            )
-        })
-        .collect();
-    let egress = spec
-        .egress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| {
-            let base = format!("spec.egress[{i}]");
-            rule(
-                r.to.as_deref(),
-                "to",
-                r.ports.as_deref(),
-                &base,
-                &namespace,
-                &mut errs,
-            )
-        })
-        .collect();
-
-    errs.finish(model::NetworkPolicy {
-        namespace,
-        name,
-        pod_selector,
-        ingress_isolation,
-        egress_isolation,
-        ingress,
-        egress,
-    })
+    let mut ingress = Vec::new();
+    for (i, r) in spec.ingress.iter().flatten().enumerate() {
+        let before = errs.0.len();
+        let base = format!("spec.ingress[{i}]");
+        let rule = rule(
+            r.from.as_deref(),
+            "from",
+            r.ports.as_deref(),
+            &base,
+            &namespace,
+            &mut errs,
+        );
+        if errs.0.len() == before {
+            ingress.push(rule);
+        }
+    }
+    let mut egress = Vec::new();
+    for (i, r) in spec.egress.iter().flatten().enumerate() {
+        let before = errs.0.len();
+        let base = format!("spec.egress[{i}]");
+        let rule = rule(
+            r.to.as_deref(),
+            "to",
+            r.ports.as_deref(),
+            &base,
+            &namespace,
+            &mut errs,
+        );
+        if errs.0.len() == before {
+            egress.push(rule);
+        }
+    }
+    let errors = errs.0;
+    (
+        model::NetworkPolicy {
+            namespace,
+            name,
+            pod_selector,
+            ingress_isolation,
+            egress_isolation,
+            ingress,
+            egress,
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+        },
+        errors,
+    )
 }
 
 /// One ingress or egress rule; `peers_field` is "from" or "to", `namespace` the policy's.

@@ -442,6 +442,17 @@ impl Loader {
                 }
                 None
             }
+            Err(Invalid::FailClosed(object, errors)) => {
+                for e in errors {
+                    let message = format!(
+                        "{} (enforced fail-closed: the policy isolates what it selects, this \
+                         rule allows nothing)",
+                        e.message
+                    );
+                    self.error(doc, label.clone(), Some(e.field), message);
+                }
+                Some(*object)
+            }
         };
         self.result.objects.push(Loaded {
             id,
@@ -458,6 +469,9 @@ enum Invalid {
     Decode(String),
     /// Fields break validation rules.
     Fields(Vec<FieldError>),
+    /// Fields break validation rules, and the object is still enforced in a fail-closed
+    /// form (NetworkPolicies: see `convert::network_policy_fail_closed`).
+    FailClosed(Box<Object>, Vec<FieldError>),
 }
 
 impl From<Vec<FieldError>> for Invalid {
@@ -484,7 +498,14 @@ fn convert_object(
         }
         Kind::NetworkPolicy => {
             let np: net::NetworkPolicy = decode(value, text)?;
-            Object::NetworkPolicy(convert::network_policy(&np)?)
+            let (policy, errors) = convert::network_policy_fail_closed(&np);
+            if !errors.is_empty() {
+                return Err(Invalid::FailClosed(
+                    Box::new(Object::NetworkPolicy(policy)),
+                    errors,
+                ));
+            }
+            Object::NetworkPolicy(policy)
         }
         Kind::RuntimePolicy => Object::RuntimePolicy(runtime_policy(value, id)?),
         Kind::Service => {

@@ -307,17 +307,25 @@ fn validation_errors_name_file_document_object_and_field() {
         result.errors[0].to_string(),
         format!(
             "{} (document 2) NetworkPolicy x/allow-foo: spec.ingress[0].ports[0].port: must be \
-             between 1 and 65535, got 70000",
+             between 1 and 65535, got 70000 (enforced fail-closed: the policy isolates what it \
+             selects, this rule allows nothing)",
             dir.path().join("x.yaml").display()
         )
     );
-    // The invalid object is identified (so that a store can keep its previous version).
+    // The invalid policy is identified and still enforced, fail-closed: it isolates the
+    // pods it selects and its broken rule allows nothing.
     assert_eq!(result.objects.len(), 2);
     assert_eq!(
         result.objects[1].id,
         id(Kind::NetworkPolicy, "x", "allow-foo")
     );
-    assert_eq!(result.objects[1].object, None);
+    match &result.objects[1].object {
+        Some(Object::NetworkPolicy(p)) => {
+            assert!(p.ingress_isolation && p.ingress.is_empty());
+            assert_eq!(p.errors.len(), 1);
+        }
+        other => panic!("not enforced fail-closed: {other:?}"),
+    }
     assert!(result.incomplete.is_empty());
 }
 

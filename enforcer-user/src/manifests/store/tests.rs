@@ -52,7 +52,13 @@ fn id(kind: Kind, namespace: &str, name: &str) -> ObjectId {
 /// The port of the single ingress rule of policy `x/p`.
 fn enforced_port(store: &Store) -> Option<Port> {
     let np = store.cluster().network_policies.get(&key("x", "p"))?;
-    np.ingress[0].ports[0].port.clone()
+    np.ingress.first()?.ports.first()?.port.clone()
+}
+
+/// The policy x/p is held fail-closed: isolating ingress, with no rule and its errors.
+fn fail_closed(store: &Store) -> bool {
+    let np = &store.cluster().network_policies[&key("x", "p")];
+    np.ingress_isolation && np.ingress.is_empty() && !np.errors.is_empty()
 }
 
 struct Dir(TempDir);
@@ -109,7 +115,7 @@ fn builds_the_cluster() {
 }
 
 #[test]
-fn an_invalid_version_keeps_the_last_valid_one() {
+fn an_invalid_network_policy_is_enforced_fail_closed() {
     let dir = Dir::new();
     dir.write("ns.yaml", &namespace_yaml("x"));
     dir.write("p.yaml", &policy_yaml("x", "p", 80));
@@ -117,7 +123,8 @@ fn an_invalid_version_keeps_the_last_valid_one() {
     assert!(store.reload(dir.path()).changed);
     assert_eq!(enforced_port(&store), Some(Port::Number(80)));
 
-    // valid -> invalid: the old version stays, the error is reported.
+    // valid -> invalid: the policy as written, its broken rule allowing nothing (not the
+    // old version, which may allow what the edit meant to remove); the error is reported.
     dir.write("p.yaml", &policy_yaml("x", "p", 70000));
     let report = store.reload(dir.path());
     assert_eq!(report.errors.len(), 1);
@@ -125,14 +132,12 @@ fn an_invalid_version_keeps_the_last_valid_one() {
         report.errors[0].field.as_deref(),
         Some("spec.ingress[0].ports[0].port")
     );
-    assert_eq!(report.kept, [id(Kind::NetworkPolicy, "x", "p")]);
-    assert!(!report.changed);
-    assert_eq!(enforced_port(&store), Some(Port::Number(80)));
+    assert!(report.kept.is_empty());
+    assert!(report.changed);
+    assert!(fail_closed(&store));
 
-    // Still invalid: still kept.
-    let report = store.reload(dir.path());
-    assert_eq!(report.kept.len(), 1);
-    assert_eq!(enforced_port(&store), Some(Port::Number(80)));
+    // Still invalid: nothing changes.
+    assert!(!store.reload(dir.path()).changed);
 
     // invalid -> valid: the new version.
     dir.write("p.yaml", &policy_yaml("x", "p", 81));
@@ -143,25 +148,25 @@ fn an_invalid_version_keeps_the_last_valid_one() {
 
     // invalid, then deleted: removed.
     dir.write("p.yaml", &policy_yaml("x", "p", 0));
-    assert!(!store.reload(dir.path()).changed);
+    assert!(store.reload(dir.path()).changed);
     dir.remove("p.yaml");
     let report = store.reload(dir.path());
     assert!(report.errors.is_empty());
     assert!(report.changed);
-    assert_eq!(enforced_port(&store), None);
+    assert!(store.cluster().network_policies.is_empty());
     assert!(store.cluster().namespaces.contains_key("x"));
 }
 
 #[test]
-fn an_object_never_valid_is_absent() {
+fn a_network_policy_never_valid_still_isolates() {
     let dir = Dir::new();
     dir.write("p.yaml", &policy_yaml("x", "p", 0));
     let mut store = Store::new();
     let report = store.reload(dir.path());
     assert_eq!(report.errors.len(), 1);
     assert!(report.kept.is_empty());
-    assert!(!report.changed);
-    assert!(store.cluster().network_policies.is_empty());
+    assert!(report.changed);
+    assert!(fail_closed(&store));
 }
 
 #[test]
@@ -279,7 +284,7 @@ fn duplicates_first_file_wins() {
 }
 
 #[test]
-fn an_invalid_first_duplicate_keeps_the_previous_version() {
+fn an_invalid_first_duplicate_still_owns_the_identity() {
     let dir = Dir::new();
     dir.write("a.yaml", &policy_yaml("x", "p", 80));
     let mut store = Store::new();
@@ -290,8 +295,9 @@ fn an_invalid_first_duplicate_keeps_the_previous_version() {
     dir.write("b.yaml", &policy_yaml("x", "p", 90));
     let report = store.reload(dir.path());
     assert_eq!(report.errors.len(), 2);
-    assert_eq!(report.kept, [id(Kind::NetworkPolicy, "x", "p")]);
-    assert_eq!(enforced_port(&store), Some(Port::Number(80)));
+    // A NetworkPolicy is enforced fail-closed as the first definition says.
+    assert!(report.kept.is_empty());
+    assert!(fail_closed(&store));
 }
 
 #[test]

@@ -238,6 +238,7 @@ fn random_policy(r: &mut Rng, serial: usize) -> NetworkPolicy {
         egress: random_rules(r, &namespace),
         namespace,
         name: format!("np{serial}"),
+        errors: Vec::new(),
     }
 }
 

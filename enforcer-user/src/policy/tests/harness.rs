@@ -212,6 +212,7 @@ impl World {
             egress_isolation: egress.is_some(),
             ingress: ingress.unwrap_or_default(),
             egress: egress.unwrap_or_default(),
+            errors: Vec::new(),
         };
         let k = p.key();
         self.cluster.network_policies.insert(k.clone(), p);
