@@ -304,8 +304,13 @@ pub const GUARD_SYSCTL_WRITE: u32 = 1 << 8;
 pub const GUARD_ROOT_EXEC: u32 = 1 << 9;
 /// Modifier of `GUARD_PTRACE`: deny tracing of any process, not only outside the pod.
 pub const GUARD_PTRACE_ANY: u32 = 1 << 10;
+/// Packet sockets (`AF_PACKET`, and `SOCK_PACKET` asked of `AF_INET`): frames sent and
+/// received below the cgroup packet hooks, which would bypass NetworkPolicy. The agent
+/// enforces it on every pod that any NetworkPolicy isolates, whatever its Pod Security
+/// level.
+pub const GUARD_PACKET_SOCKETS: u32 = 1 << 11;
 /// Every defined guard bit.
-pub const GUARD_ALL: u32 = (1 << 11) - 1;
+pub const GUARD_ALL: u32 = (1 << 12) - 1;
 
 // ---------------------------------------------------------------------------------------
 // Events (RingBuf `EVENTS`)
@@ -500,6 +505,10 @@ pub const SC_PTRACE_LIKE: u8 = 7;
 /// i386 socketcall(2): `args[0] == SYS_SOCKET` and the family at `*(u32 *)args[1]` equals
 /// `value`.
 pub const SC_SOCKETCALL_FAMILY: u8 = 8;
+/// socket(2) of a packet socket: `args[0] == AF_PACKET`, or `(args[1] & 0xf) ==
+/// SOCK_PACKET` (the kernel turns `socket(AF_INET, SOCK_PACKET, ...)` into a packet
+/// socket).
+pub const SC_SOCKET_PACKET: u8 = 9;
 
 /// One fallback syscall rule (Array maps `SYSCALL_RULES`, `SYSCALL_RULES_COMPAT`, index:
 /// syscall number of the native and of the 32-bit compat ABI). An all-zero rule guards

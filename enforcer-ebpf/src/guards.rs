@@ -70,6 +70,9 @@ pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 pub const AF_PACKET: u32 = 17;
 pub const SOCK_RAW: u32 = 3;
+/// Obsolete packet socket type; `socket(AF_INET, SOCK_PACKET, ...)` makes an AF_PACKET
+/// socket.
+pub const SOCK_PACKET: u32 = 10;
 pub const SOCK_TYPE_MASK: u32 = 0xf;
 
 /// Kernel struct offsets, resolved by the agent from the running kernel's BTF and written

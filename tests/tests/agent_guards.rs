@@ -248,3 +248,45 @@ fn runtime_guards_can_be_turned_off_and_status_reports_the_tier() {
     let r = probe_run(place(&node, "base/p"), &["write-file", KEY, "1000"]);
     assert_eq!(r.word(), "ok", "{r:?}");
 }
+
+#[test]
+fn pods_under_network_policy_get_no_packet_sockets() {
+    let Some(node) = node("pods_under_network_policy_get_no_packet_sockets", 72) else {
+        return;
+    };
+    // open/locked is isolated by a NetworkPolicy (ingress only); open/p by none. Neither
+    // namespace has Pod Security labels, so no raw-sockets guard applies.
+    node.write_manifest(
+        "10-locked.yaml",
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: locked, namespace: open}
+spec:
+  podSelector: {matchLabels: {app: locked}}
+  policyTypes: [Ingress]
+"#,
+    );
+    let agent = node.start_agent(&[]);
+    assert_eq!(
+        probe_run(place(&node, "open/p"), &["socket", "packet"]).word(),
+        "ok",
+        "a pod no policy isolates keeps CAP_NET_RAW's packet sockets"
+    );
+    for kind in ["packet", "packet-inet"] {
+        let r = probe_run(place(&node, "open/locked"), &["socket", kind]);
+        assert!(
+            r.killed() || r.word() == "eperm",
+            "socket {kind} in a pod isolated by NetworkPolicy: {r:?}"
+        );
+    }
+    // IP sockets are untouched (they go through the packet hooks).
+    assert_eq!(
+        probe_run(place(&node, "open/locked"), &["socket", "raw4"]).word(),
+        "ok"
+    );
+    assert_eq!(
+        agent.metric("enforcer_packet_socket_guarded_pods"),
+        Some(1.0)
+    );
+}

@@ -61,7 +61,7 @@ use enforcer_common::*;
 
 use super::{
     has, kptr, kread, no_detail, off, report, shared_tier, subject, subject_armed, Action, Subject,
-    AF_INET, AF_INET6, SOCK_RAW, SOCK_TYPE_MASK,
+    AF_INET, AF_INET6, AF_PACKET, SOCK_PACKET, SOCK_RAW, SOCK_TYPE_MASK,
 };
 use crate::maps::{SYSCALL_RULES, SYSCALL_RULES_COMPAT};
 
@@ -314,6 +314,15 @@ pub fn guard_sys_enter(ctx: BtfTracePointContext) -> i32 {
             }
         }
         SC_PTRACE_LIKE => ptrace_pick(&s),
+        SC_SOCKET_PACKET => {
+            let family = sc_arg(regs, 0, compat);
+            let ty = sc_arg(regs, 1, compat) as u32 & SOCK_TYPE_MASK;
+            if family == AF_PACKET as u64 || ty == SOCK_PACKET {
+                pick(&s, rule.guards)
+            } else {
+                None
+            }
+        }
         SC_SOCKETCALL_FAMILY => {
             if sc_arg(regs, 0, compat) == SYS_SOCKET
                 && user_u32(sc_arg(regs, 1, compat)) as u64 == rule.value

@@ -24,7 +24,7 @@ use enforcer_common::*;
 
 use super::{
     has, kernel_str, kptr, kread, no_detail, off, report, same_pod, subject, subject_exec, text,
-    Action, AF_INET, AF_INET6, AF_PACKET, EPERM, NO_UID, SOCK_RAW, SOCK_TYPE_MASK,
+    Action, AF_INET, AF_INET6, AF_PACKET, EPERM, NO_UID, SOCK_PACKET, SOCK_RAW, SOCK_TYPE_MASK,
 };
 
 /// Capabilities the dangerous-capabilities guard denies (bit n = CAP n): CAP_DAC_READ_SEARCH
@@ -422,7 +422,9 @@ pub fn guard_perf_event_open(ctx: LsmContext) -> i32 {
     check(GUARD_BPF, ty as u64, text(b"perf_event_open"))
 }
 
-/// `raw-sockets`: AF_PACKET sockets and SOCK_RAW sockets of the IP families.
+/// `packet-sockets`: AF_PACKET sockets (also asked as `AF_INET`, `SOCK_PACKET`, which
+/// the kernel has turned into AF_PACKET before this hook); `raw-sockets`: those and
+/// SOCK_RAW sockets of the IP families.
 /// `int socket_create(int family, int type, int protocol, int kern)`.
 #[lsm(hook = "socket_create")]
 pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
@@ -436,8 +438,15 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
     }
     let family: u32 = ctx.arg(0);
     let ty: u32 = ctx.arg(1);
-    let raw = family == AF_PACKET
-        || ((family == AF_INET || family == AF_INET6) && (ty & SOCK_TYPE_MASK) == SOCK_RAW);
+    let packet = family == AF_PACKET || (ty & SOCK_TYPE_MASK) == SOCK_PACKET;
+    if packet {
+        let r = check(GUARD_PACKET_SOCKETS, family as u64, no_detail);
+        if r != 0 {
+            return r;
+        }
+    }
+    let raw =
+        packet || ((family == AF_INET || family == AF_INET6) && (ty & SOCK_TYPE_MASK) == SOCK_RAW);
     if !raw {
         return 0;
     }

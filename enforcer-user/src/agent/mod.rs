@@ -360,6 +360,16 @@ impl Reconciler {
                 ep.guards_enforce = *enforce;
                 ep.guards_audit = *audit;
             }
+            // Packet sockets send and receive below the cgroup packet hooks: a pod that a
+            // NetworkPolicy isolates (either direction) may not open one, whatever its Pod
+            // Security level (audited only in network audit mode).
+            if ep.flags & (EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED) != 0 {
+                if self.config.flags & CFG_NET_AUDIT != 0 {
+                    ep.guards_audit |= GUARD_PACKET_SOCKETS;
+                } else {
+                    ep.guards_enforce |= GUARD_PACKET_SOCKETS;
+                }
+            }
             if let Some(ids) = self.cgroups.by_uid.get(uid) {
                 for id in ids {
                     want.endpoints.insert(*id, ep);
@@ -403,6 +413,12 @@ impl Reconciler {
         }
         let m = &self.metrics;
         let guarded = self.guards.values().filter(|(e, a)| e | a != 0).count();
+        let packet_guarded = self
+            .desired
+            .endpoints
+            .values()
+            .filter(|le| le.endpoint.flags & (EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED) != 0)
+            .count();
         m.set(
             "enforcer_endpoints",
             "Local pods known to the datapath.",
@@ -414,6 +430,16 @@ impl Reconciler {
             "Local pods with at least one runtime guard (enforced or audited).",
             &[],
             guarded as f64,
+        );
+        m.set(
+            "enforcer_packet_socket_guarded_pods",
+            "Local pods denied packet sockets because a NetworkPolicy isolates them.",
+            &[],
+            if self.guards_on {
+                packet_guarded as f64
+            } else {
+                0.0
+            },
         );
         m.set(
             "enforcer_endpoint_cgroups",
@@ -848,7 +874,13 @@ pub async fn run(opts: Options) -> Result<()> {
         policy_revision: previous.policy_revision.wrapping_add(1),
         ct_timeout_tcp_s: 6 * 3600,
         ct_timeout_other_s: 120,
-        unclassified_guards: 0,
+        // Unclassified pods are cut off from the network (deny): nor may they go around
+        // that with packet sockets.
+        unclassified_guards: if opts.unclassified == Unclassified::Deny && !opts.network_audit {
+            GUARD_PACKET_SOCKETS
+        } else {
+            0
+        },
     };
     dp.set_config(&config)?;
     let ring = dp.take_events()?;

@@ -42,6 +42,7 @@ pub const GUARD_NAMES: &[(u32, &str)] = &[
     (GUARD_SYSCTL_WRITE, "sysctl-write"),
     (GUARD_ROOT_EXEC, "root-exec"),
     (GUARD_PTRACE_ANY, "ptrace-any"),
+    (GUARD_PACKET_SOCKETS, "packet-sockets"),
 ];
 
 pub fn guard_name(bit: u32) -> &'static str {
@@ -247,7 +248,7 @@ pub const LSM_PROGRAMS: &[GuardProgram] = &[
     prog(
         "lsm_socket_create",
         ProgKind::Lsm("socket_create"),
-        GUARD_RAW_SOCKETS,
+        GUARD_RAW_SOCKETS | GUARD_PACKET_SOCKETS,
     ),
 ];
 
@@ -268,7 +269,8 @@ pub const FALLBACK_PROGRAMS: &[GuardProgram] = &[
             | GUARD_PTRACE
             | GUARD_PTRACE_ANY
             | GUARD_BPF
-            | GUARD_RAW_SOCKETS,
+            | GUARD_RAW_SOCKETS
+            | GUARD_PACKET_SOCKETS,
     ),
 ];
 
@@ -336,6 +338,11 @@ fn table(tier: Tier, guard: u32) -> (Enforcement, u64, &'static str) {
         ),
         (Tier::Lsm, GUARD_BPF) => (Deny, 0, "bpf and perf_event_open hooks"),
         (Tier::Lsm, GUARD_RAW_SOCKETS) => (Deny, 0, "socket_create: AF_PACKET, SOCK_RAW"),
+        (Tier::Lsm, GUARD_PACKET_SOCKETS) => (
+            Deny,
+            0,
+            "socket_create: AF_PACKET (also SOCK_PACKET, and io_uring's socket op)",
+        ),
         (_, GUARD_HOST_DEVICES) => (
             Deny,
             0,
@@ -396,6 +403,12 @@ fn table(tier: Tier, guard: u32) -> (Enforcement, u64, &'static str) {
             DenyOrKill,
             syscall_regs(),
             "AF_INET/AF_INET6 SOCK_RAW: EPERM (cgroup/sock_create); AF_PACKET: killed",
+        ),
+        (Tier::Fallback, GUARD_PACKET_SOCKETS) => (
+            Kill,
+            syscall_regs(),
+            "socket(AF_PACKET) and socket(AF_INET, SOCK_PACKET), also through i386 socketcall: \
+             killed at entry; io_uring's socket op is not seen",
         ),
         _ => (Unavailable, 0, "unknown guard"),
     }

@@ -55,7 +55,12 @@ fn timex(arg: u8) -> SyscallRule {
 }
 
 fn packet_socket() -> SyscallRule {
-    rule(GUARD_RAW_SOCKETS, SC_ARG_EQ, 0, AF_PACKET)
+    rule(
+        GUARD_PACKET_SOCKETS | GUARD_RAW_SOCKETS,
+        SC_SOCKET_PACKET,
+        0,
+        0,
+    )
 }
 
 fn ptrace() -> SyscallRule {
@@ -192,7 +197,7 @@ pub fn compat() -> Vec<(u32, SyscallRule)> {
         (
             102,
             rule(
-                GUARD_RAW_SOCKETS,
+                GUARD_PACKET_SOCKETS | GUARD_RAW_SOCKETS,
                 SC_SOCKETCALL_FAMILY,
                 SYS_SOCKET_AF,
                 AF_PACKET,

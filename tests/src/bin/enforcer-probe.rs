@@ -19,7 +19,7 @@
 //! enforcer-probe recv-once PORT MS                wait for one UDP datagram on PORT (dual
 //!                                                 stack): "got FROM" or "timeout"
 //! enforcer-probe matrix MS tcp|udp,ADDR,PORT ...  many connections in parallel, one line each
-//! enforcer-probe socket packet|raw4|raw6|tcp      create a socket
+//! enforcer-probe socket packet|packet-inet|raw4|raw6|tcp   create a socket
 //! ```
 //!
 //! Runtime guard operations (module `guard_cmds`; each prints its outcome word):
@@ -341,6 +341,11 @@ fn socket(kind: &str) -> &'static str {
         "packet" => (
             libc::AF_PACKET,
             libc::SOCK_RAW,
+            (libc::ETH_P_ALL as u16).to_be() as i32,
+        ),
+        "packet-inet" => (
+            libc::AF_INET,
+            10, // SOCK_PACKET: obsolete, the kernel makes it an AF_PACKET socket
             (libc::ETH_P_ALL as u16).to_be() as i32,
         ),
         "raw4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
