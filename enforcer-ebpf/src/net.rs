@@ -569,7 +569,7 @@ fn pick_backend(sa: *mut bpf_sock_addr, svc: &SvcValue, sticky_socket: bool) -> 
         kind,
     };
     if kind != 0 {
-        if let Some(v) = AFFINITY.get_ptr_mut(&akey) {
+        if let Some(v) = AFFINITY.get_ptr_mut(akey) {
             // SAFETY: LRU entry of plain data; a racing update at worst picks anew.
             let v = unsafe { &mut *v };
             if now.wrapping_sub(v.last_seen_ns) < timeout_ns {
@@ -582,11 +582,11 @@ fn pick_backend(sa: *mut bpf_sock_addr, svc: &SvcValue, sticky_socket: bool) -> 
     let r = unsafe { bpf_get_prandom_u32() };
     let slot = r % svc.count;
     // SAFETY: values are copied out at once.
-    let b = match unsafe { BACKENDS.get(&BackendKey { set: svc.set, slot }) } {
+    let b = match unsafe { BACKENDS.get(BackendKey { set: svc.set, slot }) } {
         Some(b) => *b,
         // The agent is shrinking the set right now: slot 0 stays valid longest.
         None => *unsafe {
-            BACKENDS.get(&BackendKey {
+            BACKENDS.get(BackendKey {
                 set: svc.set,
                 slot: 0,
             })
@@ -597,7 +597,7 @@ fn pick_backend(sa: *mut bpf_sock_addr, svc: &SvcValue, sticky_socket: bool) -> 
             last_seen_ns: now,
             backend: b,
         };
-        let _ = AFFINITY.insert(&akey, &v, 0);
+        let _ = AFFINITY.insert(akey, v, 0);
     }
     Some(b)
 }
@@ -611,7 +611,7 @@ fn translate(sa: *mut bpf_sock_addr, f: &Flow, sticky_socket: bool) -> Translati
         _pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    let Some(svc) = (unsafe { SERVICES.get(&key).copied() }) else {
+    let Some(svc) = (unsafe { SERVICES.get(key).copied() }) else {
         return Translation::None;
     };
     if svc.count == 0 {
@@ -681,7 +681,7 @@ fn sock_verdict(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
                 port: f.dport.to_be_bytes(),
                 _pad: [0; 2],
             };
-            let _ = REVNAT.insert(&rk, &rv, 0);
+            let _ = REVNAT.insert(rk, rv, 0);
             set_sock_dest(sa, v6, &b.addr, b.port);
             f.remote = b.addr;
             f.dport = u16::from_be_bytes(b.port);
@@ -730,7 +730,7 @@ fn sock_reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
         },
     };
     // SAFETY: the value is copied out at once.
-    if let Some(v) = unsafe { REVNAT.get(&key).copied() } {
+    if let Some(v) = unsafe { REVNAT.get(key).copied() } {
         set_sock_dest(sa, v6, &v.addr, v.port);
         count(CNT_SVC_REVERSED);
     }
