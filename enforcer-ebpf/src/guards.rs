@@ -184,9 +184,9 @@ pub fn subject() -> Option<Subject> {
 /// of its exemption, and not made from another mount namespace than the runtime's (see
 /// `exempt.rs`).
 #[inline(always)]
-pub fn subject_exec() -> Option<Subject> {
+pub fn subject_exec(bprm: u64) -> Option<Subject> {
     let s = subject_armed()?;
-    if exempt::current_exec_is_exempt(s.cgid) {
+    if exempt::current_exec_is_exempt(s.cgid, bprm) {
         count(CNT_EXEMPT_PASSED);
         return None;
     }

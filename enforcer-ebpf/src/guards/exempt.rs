@@ -22,7 +22,7 @@
 //!
 //! | entry path | granted by | `remaining` |
 //! | --- | --- | --- |
-//! | migration: the task's leader is written into a pod cgroup's `cgroup.procs` or `cgroup.threads` (`tp_btf/cgroup_attach_task`) | the **writer**, which must be outside the attach root when the tracepoint runs | 1: its next exec is the workload's (runc < 1.4: the parent writes the child's pid) |
+//! | migration: the task's leader is written into a pod cgroup's `cgroup.procs` or `cgroup.threads` (`tp_btf/cgroup_attach_task`) | the **writer**, which must be outside the attach root when the tracepoint runs | 1: its next exec is the workload's (runc < 1.4: the parent writes the child's pid), except a re-exec of an open file from the writer's mount namespace (recorded) |
 //! | creation: the task is created into a pod cgroup other than its parent's (`clone3(CLONE_INTO_CGROUP)`, seen in `tp_btf/sched_process_fork`) | the **parent**, which must be outside the attach root | 2: the first exec is the runtime's own binary (`runc init`), the second the workload's; the mark also records the parent's mount namespace |
 //! | fork by an exempt task into its own cgroup (`sched_process_fork`) | the parent's mark | the parent's count, copied |
 //!
@@ -125,10 +125,14 @@
 //!   mount namespace first would leave the workload exempt until its next exec (no OCI
 //!   runtime we know does: the workload must see the container's filesystem); one that
 //!   execs its own binary again after entering would have that exec taken for the
-//!   workload's: runc 1.1's `runc init` re-execs itself from a sealed memfd copy at start
-//!   (CVE-2019-5736 protection, moved into the parent in runc 1.2) and may do so after its
-//!   parent moved it, which ends a migration mark early and arms a new container's cgroup
-//!   before its set-up (as that exec did before exemptions existed).
+//!   workload's. The one such exec we know is handled: runc 1.1's `runc init` re-execs
+//!   itself from a sealed memfd copy at start (CVE-2019-5736 protection, moved into the
+//!   parent in runc 1.2), racing with its parent, which may have moved it already. Seen on
+//!   a real node (Debian's runc 1.1.5): the re-exec ended the migration mark and armed the
+//!   new container's cgroup, and the `setns()` of `runc:[1:CHILD]` was then denied, so
+//!   that containers of guarded pods failed to start at random. An exec of an open file
+//!   (`/dev/fd/N`) by a migrated task, from the mount namespace of the runtime that moved
+//!   it (recorded with the mark), is the runtime's: it consumes nothing (`runtime_reexec`).
 //! - A runtime helper placed inside the subtree (CRI-O with `conmon_cgroup = "pod"`) is
 //!   itself inside: nothing it starts is exempt.
 //! - Without the BTF offsets of `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn` and
@@ -140,7 +144,9 @@
 //!   exemption. Both are counted (`CNT_EXEMPT_ERRORS`).
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_task_btf},
+    helpers::generated::{
+        bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_probe_read_kernel_str,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -205,24 +211,59 @@ fn runtime_exec(v: &ExemptTask, cgid: u64) -> bool {
     v.cgroup_id == cgid && v.remaining >= 2 && (v.mnt_ns == 0 || v.mnt_ns == current_mnt_ns())
 }
 
-/// Is the current task's exec in cgroup `cgid` exempt (checked before it happens, by the
-/// LSM tier's `bprm_creds_from_file`)? See [`runtime_exec`].
+/// Is `bprm` the exec of an already open file (`fexecve`, `execveat(fd, "",
+/// AT_EMPTY_PATH)`)? The kernel names such a file `/dev/fd/N`.
 #[inline(always)]
-pub fn current_exec_is_exempt(cgid: u64) -> bool {
+pub fn fd_exec(bprm: u64) -> bool {
+    if bprm == 0 || !has(OFF_BINPRM_FILENAME) {
+        return false;
+    }
+    let name = kptr(bprm, off!(binprm_filename));
+    if name == 0 {
+        return false;
+    }
+    let mut head = [0u64; 2];
+    // SAFETY: reads at most 16 bytes into `head`; the helper copes with a bad address.
+    unsafe {
+        bpf_probe_read_kernel_str(head.as_mut_ptr() as *mut _, 16, name as *const _);
+    }
+    head[0] == u64::from_le_bytes(*b"/dev/fd/")
+}
+
+/// runc before 1.2 starts `runc init` by re-executing it from a sealed memfd copy
+/// (`fexecve`, CVE-2019-5736), and its parent may have moved it into the container's
+/// cgroup already. That exec, of an open file, from the mount namespace of the runtime
+/// that moved the task, is the runtime's own: it neither ends the mark nor arms the
+/// cgroup. The workload's exec comes after the task joined the container's mount
+/// namespace (and is of a path).
+#[inline(always)]
+fn runtime_reexec(v: &ExemptTask, cgid: u64, fd: bool) -> bool {
+    fd && v.cgroup_id == cgid
+        && v.remaining >= 1
+        && v.via & 0xff == EXEMPT_VIA_MIGRATION
+        && v.mnt_ns != 0
+        && v.mnt_ns == current_mnt_ns()
+}
+
+/// Is the current task's exec of `bprm` in cgroup `cgid` exempt (checked before it
+/// happens, by the LSM tier's `bprm_creds_from_file`)? See [`runtime_exec`] and
+/// [`runtime_reexec`].
+#[inline(always)]
+pub fn current_exec_is_exempt(cgid: u64, bprm: u64) -> bool {
     // SAFETY: a BTF task pointer from the helper.
     match unsafe { EXEMPT.get(current_task()) } {
         // SAFETY: a non-null map value of the right type.
-        Some(v) => runtime_exec(unsafe { &*v }, cgid),
+        Some(v) => unsafe { runtime_exec(&*v, cgid) || runtime_reexec(&*v, cgid, fd_exec(bprm)) },
         None => false,
     }
 }
 
-/// The current task execs in cgroup `cgid` (`sched_process_exec`): consume one exec of its
-/// exemption. True if this exec is exempt (not checked, does not arm); false if the task
+/// The current task execs `bprm` in cgroup `cgid` (`sched_process_exec`): consume one
+/// exec of its exemption (none for the runtime's re-exec, [`runtime_reexec`]). True if this exec is exempt (not checked, does not arm); false if the task
 /// had no exemption here or this exec ended it (the workload's exec, see
 /// [`runtime_exec`]).
 #[inline(always)]
-pub fn consume_exec(cgid: u64) -> bool {
+pub fn consume_exec(cgid: u64, bprm: u64) -> bool {
     let task = current_task();
     // SAFETY: a BTF task pointer from the helper.
     let Some(v) = (unsafe { EXEMPT.get(task) }) else {
@@ -230,6 +271,10 @@ pub fn consume_exec(cgid: u64) -> bool {
     };
     // SAFETY: a non-null map value of the right type.
     unsafe {
+        if runtime_reexec(&*v, cgid, fd_exec(bprm)) {
+            count(CNT_EXEMPT_PASSED);
+            return true;
+        }
         if runtime_exec(&*v, cgid) {
             (*v).remaining -= 1;
             count(CNT_EXEMPT_PASSED);
@@ -402,7 +447,14 @@ pub fn guard_cgroup_attach(ctx: BtfTracePointContext) -> i32 {
     let writer_outside = !endpoint::current_under_root(cfg.root_cgroup_id, cfg.root_level);
     let (cgid, under) = kn_under_root(kptr(dst, off!(cgroup_kn)), cfg.root_cgroup_id);
     if writer_outside && under {
-        grant(task, cgid, EXEMPT_EXECS_MIGRATION, EXEMPT_VIA_MIGRATION, 0);
+        // The writer is current: its mount namespace is the runtime's.
+        grant(
+            task,
+            cgid,
+            EXEMPT_EXECS_MIGRATION,
+            EXEMPT_VIA_MIGRATION,
+            current_mnt_ns(),
+        );
     } else {
         // Moved out of the pods, or by a task inside them: whatever mark it had ends.
         revoke(task);

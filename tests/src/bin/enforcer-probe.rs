@@ -64,6 +64,9 @@
 //! in-child CMD...                   fork; the child runs CMD; report as above
 //! comm NAME CMD...                  set this process's name (PR_SET_NAME), then run CMD
 //! then CMD... -- PATH ARGS...       run CMD, then execv PATH ARGS (whatever CMD printed)
+//! fexec-self [--unshare-mnt] ARGS... re-exec this probe from a memfd copy with fexecve (as
+//!                                   runc < 1.2 starts `runc init`), running ARGS;
+//!                                   --unshare-mnt: from a new mount namespace
 //! ```
 //!
 //! Outcome words: ok 0, eperm 2 (EPERM), eacces 5, other errors `errno:N` 4.
@@ -1415,6 +1418,17 @@ mod guard_cmds {
                     }
                 });
             }
+            "fexec-self" => {
+                let unshare_mnt = arg(1) == "--unshare-mnt";
+                let rest = &args[if unshare_mnt { 2 } else { 1 }..];
+                if unshare_mnt {
+                    // SAFETY: plain syscall.
+                    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+                        return Some(print_word(&word(last_errno())));
+                    }
+                }
+                return Some(fexec_self(rest));
+            }
             "comm" => {
                 let name = cstr(arg(1));
                 // SAFETY: a valid C string; the kernel copies at most 15 bytes.
@@ -1452,5 +1466,53 @@ mod guard_cmds {
             _ => return None,
         };
         Some(print_word(&w))
+    }
+
+    /// Copy /proc/self/exe into a memfd and fexecve it with `args` (argv[0] "enforcer-probe"),
+    /// the way runc before 1.2 re-executes `runc init`. Returns only on failure.
+    fn fexec_self(args: &[String]) -> i32 {
+        let exe = match std::fs::read("/proc/self/exe") {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("enforcer-probe fexec-self: {e}");
+                return 70;
+            }
+        };
+        // SAFETY: a valid C string; flags are plain bits.
+        let fd = unsafe {
+            libc::memfd_create(c"runc_cloned:/proc/self/exe".as_ptr(), libc::MFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return print_word(&word(last_errno()));
+        }
+        // SAFETY: fd is a fresh memfd we own from here on.
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if let Err(e) = std::io::Write::write_all(&mut f, &exe) {
+            eprintln!("enforcer-probe fexec-self: {e}");
+            return 70;
+        }
+        let mut argv: Vec<CString> = vec![cstr("enforcer-probe")];
+        argv.extend(args.iter().map(|a| cstr(a)));
+        let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        let _ = std::io::stdout().flush();
+        // SAFETY: `fd` is open (CLOEXEC closes it in the new image); argv and the
+        // environment are NUL-terminated arrays of valid C strings.
+        unsafe {
+            libc::fexecve(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                ptrs.as_ptr(),
+                environ_ptr(),
+            )
+        };
+        print_word(&word(last_errno()))
+    }
+
+    fn environ_ptr() -> *const *const libc::c_char {
+        unsafe extern "C" {
+            static environ: *const *const libc::c_char;
+        }
+        // SAFETY: reading the C library's environment pointer.
+        unsafe { environ }
     }
 }
