@@ -468,12 +468,14 @@ pub struct ExemptTask {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuardConfig {
     /// `TIER_*` of the attached guard programs, 0 while none are attached. Programs that
-    /// both tiers share (cgroup device, cgroup sysctl, the exec tracepoint) report it, and
-    /// the exec tracepoint checks the new credentials only in `TIER_FALLBACK` (the LSM tier
-    /// checks them in `bprm_creds_from_file`, before they are committed).
+    /// both tiers share (cgroup device, cgroup sysctl, the exec tracepoint) report it.
     pub tier: u32,
-    /// Reserved, 0.
-    pub flags: u32,
+    /// `GUARD_*` bits served by the fallback programs: every available guard in
+    /// `TIER_FALLBACK`; in `TIER_LSM`, the guards whose LSM programs this kernel refused
+    /// (each such guard falls back alone). The exec tracepoint checks the new credentials
+    /// only for root-exec and root-escalation in this set (the LSM tier checks them in
+    /// `bprm_creds_from_file`, before they are committed).
+    pub fallback_guards: u32,
 }
 
 /// Number of entries of `SYSCALL_RULES` and `SYSCALL_RULES_COMPAT` (syscall numbers at or

@@ -154,6 +154,8 @@ pub enum BpfError {
     },
     #[error("program {program}: its attachment is not a bpf_link (kernel too old?): {message}")]
     Link { program: String, message: String },
+    #[error("LSM hook {hook}: no program for this kernel: {reason}")]
+    HookSignature { hook: String, reason: String },
     #[error("reading kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
     Btf(#[source] aya::BtfError),
     #[error("{path}: {source}")]
@@ -203,6 +205,8 @@ pub struct Datapath {
     guards_attached: BTreeSet<&'static str>,
     /// Kernel struct offsets written into `GUARD_OFFSETS`.
     offsets: ResolvedOffsets,
+    /// Per LSM hook: the program whose signature matches this kernel's BTF, or why none.
+    lsm_variants: Vec<(&'static str, Result<&'static GuardProgram, String>)>,
 }
 
 /// What [`Datapath::attach_guards`] did.
@@ -219,6 +223,24 @@ pub struct GuardsAttached {
     /// false when the kernel offsets it needs are missing, in which case `kubectl exec`
     /// into pods with root-exec or dangerous-capabilities enforced fails with runc 1.4+.
     pub exemption: bool,
+    /// LSM tier: guards whose LSM programs this kernel refused, each served by the fallback
+    /// programs instead (or unavailable if the fallback has nothing for it), with why.
+    pub fell_back: Vec<(u32, String)>,
+    /// `GUARD_*` bits the fallback programs serve (all of `available` in the fallback tier).
+    pub fallback_guards: u32,
+}
+
+impl GuardsAttached {
+    /// The tier that enforces `guard` (None: unavailable).
+    pub fn tier_of(&self, guard: u32) -> Option<Tier> {
+        if self.available & guard == 0 {
+            None
+        } else if self.fallback_guards & guard != 0 {
+            Some(Tier::Fallback)
+        } else {
+            Some(self.tier)
+        }
+    }
 }
 
 impl Datapath {
@@ -246,7 +268,25 @@ impl Datapath {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let offsets = guards::offsets::resolve_host();
+        let kbtf = guards::btf::KernelBtf::from_sys_fs();
+        let offsets = match &kbtf {
+            Ok(b) => guards::offsets::resolve(b, guards::offsets::Arch::host()),
+            Err(e) => ResolvedOffsets::unresolved(&e.to_string()),
+        };
+        let lsm_variants = guards::lsm_hooks()
+            .into_iter()
+            .map(|hook| {
+                let variant = match &kbtf {
+                    Ok(b) => {
+                        let params = b.func_params(&format!("bpf_lsm_{hook}"));
+                        guards::lsm_variant(hook, params.as_deref())
+                    }
+                    Err(e) => Err(format!("no kernel BTF: {e}")),
+                };
+                (hook, variant)
+            })
+            .collect();
+        drop(kbtf);
         loader.override_global(GUARD_OFFSETS_GLOBAL, &offsets.offsets, true);
         let ebpf = loader.load(OBJECT).map_err(BpfError::Object)?;
         Ok(Self {
@@ -257,6 +297,7 @@ impl Datapath {
             raw_guard_links: Vec::new(),
             guards_attached: BTreeSet::new(),
             offsets,
+            lsm_variants,
         })
     }
 
@@ -319,21 +360,80 @@ impl Datapath {
         Ok(())
     }
 
-    /// Load and attach LSM guard programs (all of the LSM tier's when `only` is empty),
-    /// and the exec tracepoint that arms cgroups (no guard applies to an unarmed cgroup).
+    /// Load and attach LSM guard programs (the variant of each hook that matches this
+    /// kernel; all hooks when `only` is empty, else the named programs' hooks), and the
+    /// exec tracepoint that arms cgroups (no guard applies to an unarmed cgroup).
     pub fn attach_lsm(&mut self, only: &[&str]) -> Result<(), BpfError> {
         let btf = Btf::from_sys_fs().map_err(BpfError::Btf)?;
         for p in EXEMPTION_PROGRAMS {
             self.attach_guard_program(p, None, &btf)?;
         }
         self.attach_guard_program(&EXEC_PROGRAM, None, &btf)?;
-        for p in guards::LSM_PROGRAMS {
-            if !only.is_empty() && !only.contains(&p.name) {
+        for (hook, variant) in self.lsm_variants.clone() {
+            let wanted = only.is_empty()
+                || guards::LSM_PROGRAMS
+                    .iter()
+                    .any(|p| only.contains(&p.name) && p.kind == ProgKind::Lsm(hook));
+            if !wanted {
                 continue;
             }
+            let p = variant.map_err(|reason| BpfError::HookSignature {
+                hook: hook.into(),
+                reason,
+            })?;
             self.attach_guard_program(p, None, &btf)?;
         }
         Ok(())
+    }
+
+    /// Load (without attaching) the LSM program of every hook, as `attach_guards` would:
+    /// the guards of each hook this kernel refuses (no program for its signature, or the
+    /// verifier said no), with why. For `enforcer status`.
+    pub fn check_lsm_programs(&mut self) -> Vec<(u32, String)> {
+        let btf = match Btf::from_sys_fs() {
+            Ok(b) => b,
+            Err(e) => return vec![(enforcer_common::GUARD_ALL, format!("no kernel BTF: {e}"))],
+        };
+        let mut refused = Vec::new();
+        for (hook, variant) in self.lsm_variants.clone() {
+            let guards_of_hook = guards::LSM_PROGRAMS
+                .iter()
+                .filter(|p| p.kind == ProgKind::Lsm(hook))
+                .fold(0, |acc, p| acc | p.guards);
+            let result = variant.and_then(|p| {
+                let prog: &mut Lsm = self.program(p.name).map_err(|e| e.to_string())?;
+                if prog.fd().is_ok() {
+                    return Ok(());
+                }
+                prog.load(hook, &btf)
+                    .map_err(|e| describe_lsm_load_error(&format!("lsm/{hook}"), &e))
+            });
+            if let Err(reason) = result {
+                refused.push((guards_of_hook, format!("lsm/{hook}: {reason}")));
+            }
+        }
+        refused
+    }
+
+    /// Treat `hook` as refused by this kernel (its guards fall back when attached in the
+    /// LSM tier). Tests use it to exercise the per-guard fallback on a kernel that accepts
+    /// every hook.
+    #[doc(hidden)]
+    pub fn refuse_lsm_hook(&mut self, hook: &str, why: &str) {
+        for (h, v) in self.lsm_variants.iter_mut() {
+            if *h == hook {
+                *v = Err(why.to_string());
+            }
+        }
+    }
+
+    /// The LSM program chosen for `hook` on this kernel, or why there is none.
+    pub fn lsm_variant(&self, hook: &str) -> Result<&'static GuardProgram, String> {
+        self.lsm_variants
+            .iter()
+            .find(|(h, _)| *h == hook)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| Err(format!("no LSM program for hook {hook}")))
     }
 
     /// Keep a guard program's link (pinned, or held until `detach_guards`).
@@ -501,29 +601,86 @@ impl Datapath {
     /// programs; write `GUARD_CONFIG` and, for the fallback, the syscall rules. Programs
     /// whose every guard is unavailable on this kernel (kernel offsets missing) are not
     /// attached; the result says which guards are enforced and why the others are not.
-    /// Idempotent.
+    ///
+    /// In the LSM tier each hook's program is the variant written for this kernel's
+    /// signature of the hook (from its BTF), and a hook the kernel refuses (no matching
+    /// variant, verifier or attach error) costs only the guards that hook serves: they fall
+    /// back to the fallback programs, alone, and `fell_back` says why. Idempotent.
     pub fn attach_guards(&mut self, cgroup: &Path, tier: Tier) -> Result<GuardsAttached, BpfError> {
         let btf = Btf::from_sys_fs().map_err(BpfError::Btf)?;
-        let support = guards::support(tier, &self.offsets);
-        let available = guards::available(tier, &self.offsets);
-        self.set_guard_config(&GuardConfig {
-            tier: tier.code() as u32,
-            flags: 0,
-        })?;
-        if tier == Tier::Fallback {
-            self.write_syscall_rules(available)?;
-        }
+        let mut support = guards::support(tier, &self.offsets);
+        let mut available = guards::available(tier, &self.offsets);
+        let fallback_available = guards::available(Tier::Fallback, &self.offsets);
         // The exemption programs first, so that no runtime task enters a pod unmarked
         // while guard programs are already attached.
         for p in EXEMPTION_PROGRAMS {
             self.attach_guard_program(p, None, &btf)?;
         }
         self.attach_guard_program(&EXEC_PROGRAM, None, &btf)?;
-        for p in guards::programs(tier) {
-            if p.guards & available == 0 {
-                continue;
+        for p in guards::SHARED_PROGRAMS {
+            if p.guards & available != 0 {
+                self.attach_guard_program(p, Some(cgroup), &btf)?;
             }
-            self.attach_guard_program(p, Some(cgroup), &btf)?;
+        }
+        let mut fell_back: Vec<(u32, String)> = Vec::new();
+        let fallback_guards = match tier {
+            Tier::Fallback => available,
+            Tier::Lsm => {
+                let mut refused = 0u32;
+                for (hook, variant) in self.lsm_variants.clone() {
+                    let guards_of_hook = guards::LSM_PROGRAMS
+                        .iter()
+                        .filter(|p| p.kind == ProgKind::Lsm(hook))
+                        .fold(0, |acc, p| acc | p.guards);
+                    if guards_of_hook & available == 0 {
+                        continue;
+                    }
+                    let result = match variant {
+                        Ok(p) => self
+                            .attach_guard_program(p, None, &btf)
+                            .map_err(|e| error_chain(&e)),
+                        Err(reason) => Err(reason),
+                    };
+                    if let Err(reason) = result {
+                        refused |= guards_of_hook & available;
+                        fell_back
+                            .push((guards_of_hook & available, format!("lsm/{hook}: {reason}")));
+                    }
+                }
+                refused & fallback_available
+            }
+        };
+        if tier == Tier::Lsm {
+            // Guards refused in the LSM tier: enforced as the fallback tier does, or not at
+            // all if the fallback has nothing for them here.
+            for s in support.iter_mut() {
+                let Some((_, why)) = fell_back.iter().find(|(g, _)| g & s.guard != 0) else {
+                    continue;
+                };
+                let fb = guards::support(Tier::Fallback, &self.offsets)
+                    .into_iter()
+                    .find(|f| f.guard == s.guard)
+                    .expect("every guard has a fallback entry");
+                if fallback_guards & s.guard != 0 {
+                    *s = fb;
+                } else {
+                    s.enforcement = guards::Enforcement::Unavailable;
+                    available &= !s.guard;
+                }
+                s.refused = Some(why.clone());
+            }
+        }
+        self.set_guard_config(&GuardConfig {
+            tier: tier.code() as u32,
+            fallback_guards,
+        })?;
+        self.write_syscall_rules(fallback_guards)?;
+        if fallback_guards != 0 {
+            for p in guards::FALLBACK_PROGRAMS {
+                if p.guards & fallback_guards != 0 {
+                    self.attach_guard_program(p, Some(cgroup), &btf)?;
+                }
+            }
         }
         Ok(GuardsAttached {
             tier,
@@ -531,6 +688,8 @@ impl Datapath {
             support,
             programs: self.guards_attached.iter().copied().collect(),
             exemption: guards::exemption_available(&self.offsets),
+            fell_back,
+            fallback_guards,
         })
     }
 
@@ -566,7 +725,8 @@ impl Datapath {
             }
         }
         self.guards_attached.clear();
-        self.set_guard_config(&GuardConfig::default())
+        self.set_guard_config(&GuardConfig::default())?;
+        self.write_syscall_rules(0)
     }
 
     fn set_guard_config(&mut self, gc: &GuardConfig) -> Result<(), BpfError> {
@@ -577,7 +737,7 @@ impl Datapath {
     }
 
     /// Fill `SYSCALL_RULES` (and the compat table) for this architecture, keeping only
-    /// the guards in `available`.
+    /// the guards in `available` (the ones the fallback programs serve).
     fn write_syscall_rules(&mut self, available: u32) -> Result<(), BpfError> {
         for (name, table) in [
             (map_names::SYSCALL_RULES, guards::syscalls::native()),

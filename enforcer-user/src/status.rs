@@ -62,14 +62,38 @@ pub fn report(instance: &Path) -> String {
                 probe.tier.name(),
                 probe.reason
             );
+            // In the LSM tier, every hook's program is loaded (not attached) as the agent
+            // would: a hook this kernel refuses makes its guards fall back, alone.
+            let refused = if probe.tier == Tier::Lsm {
+                dp.check_lsm_programs()
+            } else {
+                Vec::new()
+            };
+            let fallback = crate::guards::support(Tier::Fallback, dp.guard_offsets());
             for s in crate::guards::support(probe.tier, dp.guard_offsets()) {
-                let how = match s.enforcement {
+                let how = |e: Enforcement| match e {
                     Enforcement::Deny => "deny (EPERM)",
                     Enforcement::DenyOrKill => "deny or kill",
                     Enforcement::Kill => "kill (SIGKILL at syscall entry)",
                     Enforcement::Unavailable => "UNAVAILABLE",
                 };
-                let _ = writeln!(out, "  {:<24} {how}", s.name);
+                match refused.iter().find(|(g, _)| g & s.guard != 0) {
+                    Some((_, why)) => {
+                        let fb = fallback
+                            .iter()
+                            .find(|f| f.guard == s.guard)
+                            .map_or(Enforcement::Unavailable, |f| f.enforcement);
+                        let _ = writeln!(
+                            out,
+                            "  {:<24} fallback tier: {} (the LSM program was refused: {why})",
+                            s.name,
+                            how(fb)
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(out, "  {:<24} {}", s.name, how(s.enforcement));
+                    }
+                }
             }
             let exemption = if crate::guards::exemption_available(dp.guard_offsets()) {
                 "available (runtime exec sessions exempt until their workload exec)"
@@ -105,7 +129,15 @@ pub fn report(instance: &Path) -> String {
     let maps = dir.join("maps");
     if let Some(gc) = read_array::<GuardConfig>(&maps.join("GUARD_CONFIG")) {
         let tier = Tier::from_code(gc.tier as u8).map_or("none", |t| t.name());
-        let _ = writeln!(out, "  guard tier:  {tier}");
+        if gc.tier == TIER_LSM as u32 && gc.fallback_guards != 0 {
+            let _ = writeln!(
+                out,
+                "  guard tier:  {tier}, fallback tier for: {}",
+                crate::guards::names_of(gc.fallback_guards).join(", ")
+            );
+        } else {
+            let _ = writeln!(out, "  guard tier:  {tier}");
+        }
     }
     if let Some(cfg) = read_array::<Config>(&maps.join("CONFIG")) {
         let _ = writeln!(

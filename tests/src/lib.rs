@@ -518,6 +518,7 @@ pub mod guard_pods {
         pub free: Cgroup,
         pub outside: Cgroup,
         pub dp: Datapath,
+        pub attached: enforcer::bpf::GuardsAttached,
         pub tier: Tier,
         ring: EventRing,
         pub events: Vec<GuardEvent>,
@@ -534,12 +535,21 @@ pub mod guard_pods {
         /// Build the tree and attach `tier`'s guard programs. Panics if a guard of `guards`
         /// is unavailable on this kernel.
         pub fn new(guards: u32, tier: Tier) -> GuardPods {
+            Self::refusing(guards, tier, &[])
+        }
+
+        /// The same, as on a kernel that refuses the LSM programs of `hooks` (their guards
+        /// fall back to the fallback programs, alone).
+        pub fn refusing(guards: u32, tier: Tier, hooks: &[&str]) -> GuardPods {
             let root = Cgroup::new_root("enf-g");
             let guarded = root.child("pod-guarded");
             let audit = root.child("pod-audit");
             let free = root.child("pod-free");
             let outside = Cgroup::new_root("enf-go");
             let mut dp = Datapath::load(None).expect("load eBPF object");
+            for h in hooks {
+                dp.refuse_lsm_hook(h, "refused by the test");
+            }
             dp.set_config(&Config {
                 root_cgroup_id: root.id(),
                 root_level: root.level(),
@@ -567,6 +577,13 @@ pub mod guard_pods {
                 }
             }
             let attached = dp.attach_guards(&root.path, tier).expect("attach guards");
+            if hooks.is_empty() {
+                assert!(
+                    attached.fell_back.is_empty(),
+                    "this kernel refused LSM programs: {:?}",
+                    attached.fell_back
+                );
+            }
             assert_eq!(
                 attached.available & guards,
                 guards,
@@ -575,6 +592,7 @@ pub mod guard_pods {
             );
             let ring = dp.take_events().expect("events");
             GuardPods {
+                attached,
                 root,
                 guarded,
                 audit,
@@ -617,7 +635,8 @@ pub mod guard_pods {
                     self.events
                 )
             };
-            assert_eq!(e.tier, self.tier.code(), "{what}: event tier");
+            let tier = self.attached.tier_of(guard).unwrap_or(self.tier);
+            assert_eq!(e.tier, tier.code(), "{what}: event tier");
             e
         }
 
@@ -1078,6 +1097,60 @@ pub mod exemption {
             p.exemption(bg.child.id()),
             None,
             "a self-moved process has no mark"
+        );
+    }
+
+    /// (2b) runc before 1.2: the migrated `runc init` re-executes itself from a memfd copy
+    /// (`fexecve`) at start, racing with its parent's move. That exec of an open file,
+    /// from the mover's mount namespace, is the runtime's: the task stays exempt (its
+    /// `setns()`-like work passes) until the workload's exec, which is checked. Found on
+    /// a real node, where the re-exec ended the mark and `runc:[1:CHILD]`'s setns was
+    /// denied. The same re-exec from another mount namespace is taken for the
+    /// workload's. Needs dangerous-capabilities.
+    pub fn migration_then_runtime_reexec(p: &mut GuardPods) {
+        let ctr = p.armed_container("ctr-reexec");
+        let (probe, dir) = (probe(), ctr.path.to_str().unwrap().to_string());
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "migrate-into-cgroup",
+                &dir,
+                "fexec-self",
+                "then",
+                "unshare",
+                "uts",
+                "--",
+                &probe,
+                "unshare",
+                "mnt",
+            ],
+        );
+        let mut want = v(&["ok"]);
+        want.extend(denied(p.tier));
+        expect(
+            &r,
+            &want,
+            "migrated, re-exec'd from a memfd: before the workload's exec, after it",
+        );
+        let denies = p.events_of(ctr.id(), GUARD_DANGEROUS_CAPABILITIES, VERDICT_DENY);
+        assert_eq!(denies.len(), 1, "only the workload's unshare: {denies:#?}");
+        // From another mount namespace (a workload that joined the container's), an
+        // exec of an open file ends the mark like any exec.
+        let r = probe_run(
+            at(&p.outside),
+            &[
+                "migrate-into-cgroup",
+                &dir,
+                "fexec-self",
+                "--unshare-mnt",
+                "unshare",
+                "uts",
+            ],
+        );
+        expect(
+            &r,
+            &denied(p.tier),
+            "re-exec'd from another mount namespace",
         );
     }
 

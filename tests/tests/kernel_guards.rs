@@ -615,6 +615,17 @@ fn fallback_exempt_migration_until_exec() {
 }
 
 #[test]
+fn fallback_exempt_migration_survives_the_runtime_reexec() {
+    let Some(mut p) = pods(
+        "fallback_exempt_migration_survives_the_runtime_reexec",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::migration_then_runtime_reexec(&mut p);
+}
+
+#[test]
 fn fallback_exempt_nothing_for_the_workload() {
     let Some(mut p) = pods(
         "fallback_exempt_nothing_for_the_workload",

@@ -118,10 +118,62 @@ fn lsm_tier_probe_and_offsets() {
         eprintln!("lsm {:<24} {:?}: {}", s.name, s.enforcement, s.note);
         assert_eq!(s.enforcement, guards::Enforcement::Deny, "{}", s.name);
     }
+    // Every hook's program loads on this kernel: the variant written for its signature
+    // (perf_event_open lost `attr` in 6.12, bpf gained `kernel` in 6.15), none refused.
+    assert!(
+        dp.check_lsm_programs().is_empty(),
+        "LSM programs refused: {:?}",
+        dp.check_lsm_programs()
+    );
     let root = Cgroup::new_root("enf-gp");
     let attached = dp.attach_guards(&root.path, Tier::Lsm).expect("attach");
     assert_eq!(attached.available, GUARD_ALL);
+    assert!(
+        attached.fell_back.is_empty(),
+        "guards fell back: {:?}",
+        attached.fell_back
+    );
+    assert_eq!(attached.fallback_guards, 0);
+    for g in guards::GUARD_NAMES.iter().map(|(b, _)| *b) {
+        assert_eq!(
+            attached.tier_of(g),
+            Some(Tier::Lsm),
+            "{}",
+            guards::guard_name(g)
+        );
+    }
     eprintln!("attached: {:?}", attached.programs);
+}
+
+/// A hook the kernel refuses costs only the guards it serves: bpf falls back to the
+/// fallback programs (the bpf(2) call kills, reported by tier fallback) while mount, on
+/// an LSM hook that loaded, keeps its precise EPERM in the same pod.
+#[test]
+fn lsm_refused_hook_falls_back_alone() {
+    if !lsm_ready("lsm_refused_hook_falls_back_alone") {
+        return;
+    }
+    let mut p = GuardPods::refusing(GUARD_BPF | GUARD_MOUNT, Tier::Lsm, &["bpf"]);
+    assert_eq!(p.attached.tier, Tier::Lsm);
+    assert_eq!(p.attached.tier_of(GUARD_BPF), Some(Tier::Fallback));
+    assert_eq!(p.attached.tier_of(GUARD_MOUNT), Some(Tier::Lsm));
+    assert_eq!(p.attached.fallback_guards, GUARD_BPF);
+    assert_eq!(p.attached.fell_back.len(), 1, "{:?}", p.attached.fell_back);
+    assert!(p.attached.programs.contains(&"guard_sys_enter"));
+    assert!(!p.attached.programs.contains(&"guard_bpf"));
+    assert!(!p.attached.programs.contains(&"guard_bpf_kernel_flag"));
+    p.check(GUARD_BPF, &["bpf-map"], "killed", "ok");
+    // perf_event_open is still the LSM program's (its hook loaded).
+    p.check(GUARD_BPF, &["perf-open"], "eperm", "ok");
+    let dir = TmpMount::new("enf-fb");
+    let target = dir.path.join("m");
+    fs::create_dir(&target).unwrap();
+    p.check(
+        GUARD_MOUNT,
+        &["mount-tmpfs", target.to_str().unwrap()],
+        "eperm",
+        "ok",
+    );
 }
 
 #[test]
@@ -611,6 +663,17 @@ fn lsm_exempt_migration_until_exec() {
         return;
     };
     exemption::migration_path(&mut p);
+}
+
+#[test]
+fn lsm_exempt_migration_survives_the_runtime_reexec() {
+    let Some(mut p) = pods(
+        "lsm_exempt_migration_survives_the_runtime_reexec",
+        GUARD_DANGEROUS_CAPABILITIES,
+    ) else {
+        return;
+    };
+    exemption::migration_then_runtime_reexec(&mut p);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     endpoint,
-    maps::{config, count, ARMED},
+    maps::{config, count, ARMED, GUARD_CONFIG},
 };
 
 const SIGKILL: u32 = 9;
@@ -175,7 +175,8 @@ pub fn guard_exec(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: helper without arguments.
     let cgid = unsafe { bpf_get_current_cgroup_id() };
-    if exempt::consume_exec(cgid) {
+    let bprm: u64 = ctx.arg(2);
+    if exempt::consume_exec(cgid, bprm) {
         return 0;
     }
     // SAFETY: only the presence of the entry is used.
@@ -189,20 +190,24 @@ pub fn guard_exec(ctx: BtfTracePointContext) -> i32 {
         }
         return 0;
     }
-    if shared_tier() != TIER_FALLBACK {
+    let fallback = match GUARD_CONFIG.get(0) {
+        Some(g) => g.fallback_guards & (GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC),
+        None => 0,
+    };
+    if fallback == 0 {
         return 0;
     }
     let Some(s) = subject() else {
         return 0;
     };
-    let bprm: u64 = ctx.arg(2);
-    fallback_exec_check(&s, bprm);
+    fallback_exec_check(&s, bprm, fallback);
     0
 }
 
+/// The fallback's exec checks, for the guards in `fallback`.
 #[inline(always)]
-fn fallback_exec_check(s: &Subject, bprm: u64) {
-    if !s.any(GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC) {
+fn fallback_exec_check(s: &Subject, bprm: u64, fallback: u32) {
+    if !s.any(fallback) {
         return;
     }
     if !has(OFF_TASK_CRED
@@ -230,9 +235,15 @@ fn fallback_exec_check(s: &Subject, bprm: u64) {
     } else {
         0
     };
-    let (guard, arg) = if euid == 0 && s.action(GUARD_ROOT_EXEC) != Action::Pass {
+    let (guard, arg) = if euid == 0
+        && fallback & GUARD_ROOT_EXEC != 0
+        && s.action(GUARD_ROOT_EXEC) != Action::Pass
+    {
         (GUARD_ROOT_EXEC, 0)
-    } else if uid != 0 && (euid == 0 || permitted & !ambient != 0) {
+    } else if fallback & GUARD_ROOT_ESCALATION != 0
+        && uid != 0
+        && (euid == 0 || permitted & !ambient != 0)
+    {
         (GUARD_ROOT_ESCALATION, permitted)
     } else {
         return;

@@ -113,14 +113,14 @@ pub fn guard_bprm_creds_from_file(ctx: LsmContext) -> i32 {
     if !has(CRED_IDS | OFF_CRED_CAP_PERMITTED | OFF_TASK_CRED | OFF_BINPRM_CRED) {
         return 0;
     }
+    let bprm: u64 = ctx.arg(0);
     // An exempt task's exec is exempt unless it is the workload's (`exempt.rs`).
-    let Some(s) = subject_exec() else {
+    let Some(s) = subject_exec(bprm) else {
         return 0;
     };
     if !s.any(GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC) {
         return 0;
     }
-    let bprm: u64 = ctx.arg(0);
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task() };
     let old = kptr(task, off!(task_cred));
@@ -400,7 +400,8 @@ pub fn guard_ptrace_traceme(ctx: LsmContext) -> i32 {
     ptrace_guard(parent, true, false)
 }
 
-/// `bpf`: every bpf(2) command. `int bpf(int cmd, union bpf_attr *attr, unsigned int size)`.
+/// `bpf`: every bpf(2) command. `int bpf(int cmd, union bpf_attr *attr, unsigned int size)`
+/// (up to 6.14; the agent picks the variant that matches the kernel's BTF).
 #[lsm(hook = "bpf")]
 pub fn guard_bpf(ctx: LsmContext) -> i32 {
     let prev: i32 = ctx.arg(3);
@@ -411,7 +412,24 @@ pub fn guard_bpf(ctx: LsmContext) -> i32 {
     check(GUARD_BPF, cmd as u64, text(b"bpf"))
 }
 
-/// `bpf`: perf_event_open(2). `int perf_event_open(struct perf_event_attr *attr, int type)`.
+/// `bpf` from 6.15: `int bpf(int cmd, union bpf_attr *attr, unsigned int size, bool
+/// kernel)`. Calls the kernel makes on its own behalf (`kernel`) are not the task's.
+#[lsm(hook = "bpf")]
+pub fn guard_bpf_kernel_flag(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(4);
+    if prev != 0 {
+        return prev;
+    }
+    let kernel: u64 = ctx.arg(3);
+    if kernel & 0xff != 0 {
+        return 0;
+    }
+    let cmd: i32 = ctx.arg(0);
+    check(GUARD_BPF, cmd as u64, text(b"bpf"))
+}
+
+/// `bpf`: perf_event_open(2). `int perf_event_open(struct perf_event_attr *attr, int type)`
+/// (up to 6.11).
 #[lsm(hook = "perf_event_open")]
 pub fn guard_perf_event_open(ctx: LsmContext) -> i32 {
     let prev: i32 = ctx.arg(2);
@@ -419,6 +437,17 @@ pub fn guard_perf_event_open(ctx: LsmContext) -> i32 {
         return prev;
     }
     let ty: i32 = ctx.arg(1);
+    check(GUARD_BPF, ty as u64, text(b"perf_event_open"))
+}
+
+/// `bpf`: perf_event_open(2) from 6.12: `int perf_event_open(int type)`.
+#[lsm(hook = "perf_event_open")]
+pub fn guard_perf_event_open_type(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return prev;
+    }
+    let ty: i32 = ctx.arg(0);
     check(GUARD_BPF, ty as u64, text(b"perf_event_open"))
 }
 

@@ -133,7 +133,13 @@ pub fn local_addresses() -> Vec<IpAddr> {
 
 /// This node's addresses: its interfaces' and the `--node-ip`s, sorted and unique.
 fn host_addresses(extra: &[IpAddr]) -> Vec<IpAddr> {
-    let mut a = local_addresses();
+    // IPv6 link-local addresses are per link (every pod's host-side veth has one, and
+    // they come and go with pods): they name no node a policy could mean, and following
+    // them would recompile on every pod start.
+    let mut a: Vec<IpAddr> = local_addresses()
+        .into_iter()
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+        .collect();
     a.extend(extra.iter().copied());
     a.sort();
     a.dedup();
@@ -700,10 +706,10 @@ fn start_guards(
     mode: GuardsMode,
     root: &Path,
     metrics: &Metrics,
-) -> Result<bool> {
+) -> Result<GuardsStarted> {
     if mode == GuardsMode::Off {
         tracing::info!("runtime guards: off");
-        return Ok(false);
+        return Ok(GuardsStarted::Off);
     }
     let probe = dp.probe_guard_tier();
     let tier = match (mode, probe.tier) {
@@ -720,8 +726,11 @@ fn start_guards(
     let attached = match dp.attach_guards(root, tier) {
         Ok(a) => a,
         Err(e) => {
+            // Not silent and not ready: the DaemonSet rollout stops here, and the reason is
+            // in the log, in /metrics and in `enforcer status`.
             tracing::error!(
-                "runtime guards could not be attached ({e:#}); network enforcement continues without them"
+                "runtime guards could not be attached ({e:#}); network enforcement continues \
+                 without them, and this agent reports not ready"
             );
             metrics.set(
                 "enforcer_guard_tier",
@@ -729,7 +738,7 @@ fn start_guards(
                 &[("tier", "none")],
                 1.0,
             );
-            return Ok(false);
+            return Ok(GuardsStarted::Failed(format!("{e:#}")));
         }
     };
     metrics.set(
@@ -738,15 +747,37 @@ fn start_guards(
         &[("tier", tier.name())],
         1.0,
     );
+    for (bits, why) in &attached.fell_back {
+        let names: Vec<&str> = crate::guards::names_of(*bits);
+        if attached.fallback_guards & bits != 0 {
+            tracing::warn!(
+                "runtime guard(s) {}: this kernel refused the LSM program ({why}); enforced \
+                 by the fallback tier instead",
+                names.join(", ")
+            );
+        } else {
+            tracing::error!(
+                "runtime guard(s) {}: this kernel refused the LSM program ({why}) and the \
+                 fallback tier has nothing for them here: not enforced",
+                names.join(", ")
+            );
+        }
+    }
     for s in &attached.support {
-        let available = attached.available & s.guard != 0;
+        let by = attached.tier_of(s.guard).map_or("none", Tier::name);
         metrics.set(
             "enforcer_guard_available",
             "1 if the runtime guard is enforced on this kernel in the active tier.",
             &[("guard", s.name)],
-            if available { 1.0 } else { 0.0 },
+            if by == "none" { 0.0 } else { 1.0 },
         );
-        if !available {
+        metrics.set(
+            "enforcer_guard_enforced_by",
+            "Tier that enforces each runtime guard on this kernel (lsm, fallback, or none).",
+            &[("guard", s.name), ("tier", by)],
+            1.0,
+        );
+        if by == "none" && s.refused.is_none() {
             let missing: Vec<String> = s.missing.iter().map(|m| m.to_string()).collect();
             tracing::warn!(
                 "runtime guard {} unavailable in tier {}: missing {}",
@@ -775,7 +806,16 @@ fn start_guards(
         Ok(_) => {}
         Err(e) => tracing::warn!("arming running containers: {e:#}"),
     }
-    Ok(true)
+    Ok(GuardsStarted::On)
+}
+
+/// What [`start_guards`] achieved.
+#[derive(Debug, PartialEq, Eq)]
+enum GuardsStarted {
+    Off,
+    On,
+    /// Requested but not attached (why): the agent does not report ready.
+    Failed(String),
 }
 
 /// Run the agent until SIGTERM/SIGINT.
@@ -891,7 +931,8 @@ pub async fn run(opts: Options) -> Result<()> {
         ev_tx.clone(),
         opts.log_rate,
     ));
-    let guards_on = start_guards(&mut dp, opts.guards, &kubepods.path, &metrics)?;
+    let guards_started = start_guards(&mut dp, opts.guards, &kubepods.path, &metrics)?;
+    let guards_on = guards_started == GuardsStarted::On;
 
     let host_addrs = host_addresses(&opts.node_ips);
     tracing::info!("node {} addresses: {:?}", opts.node, host_addrs);
@@ -961,8 +1002,12 @@ pub async fn run(opts: Options) -> Result<()> {
     rec.dp
         .attach_network(&kubepods.path)
         .context("attaching network programs")?;
-    health.ready.store(true, Ordering::Release);
-    ready_metric(1.0);
+    if let GuardsStarted::Failed(why) = &guards_started {
+        tracing::error!("not ready: the runtime guards requested are not attached: {why}");
+    } else {
+        health.ready.store(true, Ordering::Release);
+        ready_metric(1.0);
+    }
     tracing::info!(
         "enforcing: {} local pods ({} with runtime guards), {} policy entries, {} identities",
         rec.desired.endpoints.len(),

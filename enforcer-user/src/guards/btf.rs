@@ -96,6 +96,13 @@ enum Type {
     /// typedef, volatile, const, restrict, type tag
     Alias(u32),
     Float(u32),
+    /// A function: its name and its `FuncProto`.
+    Func {
+        name: u32,
+        proto: u32,
+    },
+    /// A function prototype: parameter names (string offsets).
+    FuncProto(Vec<u32>),
     Other,
 }
 
@@ -104,6 +111,7 @@ pub struct KernelBtf {
     types: Vec<Type>,
     strings: Vec<u8>,
     by_name: HashMap<String, u32>,
+    funcs: HashMap<String, u32>,
 }
 
 fn u16_at(b: &[u8], o: usize) -> Result<u16, BtfError> {
@@ -201,13 +209,21 @@ impl KernelBtf {
                     o += 12 * vlen;
                     Type::Enum(size_or_type)
                 }
-                KIND_FWD | KIND_FUNC => Type::Other,
+                KIND_FUNC => Type::Func {
+                    name,
+                    proto: size_or_type,
+                },
+                KIND_FWD => Type::Other,
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias(size_or_type)
                 }
                 KIND_FUNC_PROTO => {
-                    o += 8 * vlen;
-                    Type::Other
+                    let mut params = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        params.push(u32_at(b, o)?);
+                        o += 8;
+                    }
+                    Type::FuncProto(params)
                 }
                 KIND_VAR => {
                     o += 4;
@@ -230,20 +246,37 @@ impl KernelBtf {
             types,
             strings,
             by_name: HashMap::new(),
+            funcs: HashMap::new(),
         };
         let mut by_name = HashMap::new();
+        let mut funcs = HashMap::new();
         for (id, t) in btf.types.iter().enumerate() {
-            if let Type::Composite { name, .. } = t
-                && *name != 0
-            {
-                // The first definition wins (names of kernel structs are unique).
-                by_name
-                    .entry(btf.str_at(*name).to_string())
-                    .or_insert(id as u32);
+            match t {
+                Type::Composite { name, .. } if *name != 0 => {
+                    // The first definition wins (names of kernel structs are unique).
+                    by_name
+                        .entry(btf.str_at(*name).to_string())
+                        .or_insert(id as u32);
+                }
+                Type::Func { name, proto } => {
+                    funcs.entry(btf.str_at(*name).to_string()).or_insert(*proto);
+                }
+                _ => {}
             }
         }
         btf.by_name = by_name;
+        btf.funcs = funcs;
         Ok(btf)
+    }
+
+    /// Parameter names of the kernel function `name`, or None if the BTF has no such
+    /// function. (The BPF LSM's `bpf_lsm_<hook>` functions carry each hook's signature.)
+    pub fn func_params(&self, name: &str) -> Option<Vec<&str>> {
+        let proto = *self.funcs.get(name)?;
+        match self.ty(proto) {
+            Type::FuncProto(params) => Some(params.iter().map(|p| self.str_at(*p)).collect()),
+            _ => None,
+        }
     }
 
     fn str_at(&self, off: u32) -> &str {
@@ -425,6 +458,18 @@ pub(crate) mod tests {
             id
         }
 
+        /// A function and its prototype (parameters of type `ty`).
+        pub fn func(&mut self, name: &str, params: &[&str], ty: u32) -> u32 {
+            let proto = self.head("", KIND_FUNC_PROTO, params.len() as u32, false, ty);
+            for p in params {
+                let n = self.s(p);
+                for v in [n, ty] {
+                    self.types.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            self.head(name, KIND_FUNC, 0, false, proto)
+        }
+
         /// Members: (name, type, bit offset, bitfield size).
         pub fn composite(
             &mut self,
@@ -599,6 +644,38 @@ pub(crate) mod tests {
             return None;
         }
         Some(KernelBtf::from_sys_fs().expect("parse the host's BTF"))
+    }
+
+    #[test]
+    fn function_parameters() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        b.func("bpf_lsm_perf_event_open", &["type"], int);
+        b.func("bpf_lsm_bpf", &["cmd", "attr", "size", "kernel"], int);
+        let btf = KernelBtf::parse(&b.build()).unwrap();
+        assert_eq!(
+            btf.func_params("bpf_lsm_perf_event_open"),
+            Some(vec!["type"])
+        );
+        assert_eq!(
+            btf.func_params("bpf_lsm_bpf"),
+            Some(vec!["cmd", "attr", "size", "kernel"])
+        );
+        assert_eq!(btf.func_params("bpf_lsm_nothing"), None);
+    }
+
+    #[test]
+    fn host_lsm_hook_signatures() {
+        let Some(btf) = host() else { return };
+        // Stable since the BPF LSM exists.
+        assert_eq!(
+            btf.func_params("bpf_lsm_socket_create"),
+            Some(vec!["family", "type", "protocol", "kern"])
+        );
+        assert_eq!(
+            btf.func_params("bpf_lsm_capable"),
+            Some(vec!["cred", "ns", "cap", "opts"])
+        );
     }
 
     #[test]

@@ -45,6 +45,15 @@ pub const GUARD_NAMES: &[(u32, &str)] = &[
     (GUARD_PACKET_SOCKETS, "packet-sockets"),
 ];
 
+/// Names of the guards in `bits`, in `GUARD_NAMES` order.
+pub fn names_of(bits: u32) -> Vec<&'static str> {
+    GUARD_NAMES
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
 pub fn guard_name(bit: u32) -> &'static str {
     GUARD_NAMES
         .iter()
@@ -125,6 +134,9 @@ pub struct GuardSupport {
     pub note: &'static str,
     /// Kernel fields the tier needs for this guard that are missing from the BTF.
     pub missing: Vec<MissingField>,
+    /// LSM tier: why this kernel refused the guard's LSM program (the guard fell back to
+    /// the fallback tier, or is unavailable if that has nothing for it).
+    pub refused: Option<String>,
 }
 
 /// Kind and attach point of a guard program.
@@ -147,10 +159,33 @@ pub struct GuardProgram {
     pub kind: ProgKind,
     /// Guards it serves (0: infrastructure, always attached).
     pub guards: u32,
+    /// LSM programs: the hook's parameter names this program is written for, as the
+    /// kernel's BTF spells them (`bpf_lsm_<hook>`). Hooks whose signature changed between
+    /// kernels have one program per signature; the agent loads the one that matches.
+    pub args: &'static [&'static str],
 }
 
 const fn prog(name: &'static str, kind: ProgKind, guards: u32) -> GuardProgram {
-    GuardProgram { name, kind, guards }
+    GuardProgram {
+        name,
+        kind,
+        guards,
+        args: &[],
+    }
+}
+
+const fn lsm(
+    name: &'static str,
+    hook: &'static str,
+    args: &'static [&'static str],
+    guards: u32,
+) -> GuardProgram {
+    GuardProgram {
+        name,
+        kind: ProgKind::Lsm(hook),
+        guards,
+        args,
+    }
 }
 
 /// Arming (and the fallback's exec checks for root-escalation and root-exec): both tiers,
@@ -190,67 +225,150 @@ pub const SHARED_PROGRAMS: &[GuardProgram] = &[
 
 /// The LSM tier's programs.
 pub const LSM_PROGRAMS: &[GuardProgram] = &[
-    prog(
+    lsm(
         "guard_task_fix_setuid",
-        ProgKind::Lsm("task_fix_setuid"),
+        "task_fix_setuid",
+        &["new", "old", "flags"],
         GUARD_ROOT_ESCALATION,
     ),
-    prog(
+    lsm(
         "guard_bprm_creds_from_file",
-        ProgKind::Lsm("bprm_creds_from_file"),
+        "bprm_creds_from_file",
+        &["bprm", "file"],
         GUARD_ROOT_ESCALATION | GUARD_ROOT_EXEC,
     ),
-    prog(
+    lsm(
         "guard_capable",
-        ProgKind::Lsm("capable"),
+        "capable",
+        &["cred", "ns", "cap", "opts"],
         GUARD_DANGEROUS_CAPABILITIES,
     ),
-    prog("guard_sb_mount", ProgKind::Lsm("sb_mount"), GUARD_MOUNT),
-    prog("guard_move_mount", ProgKind::Lsm("move_mount"), GUARD_MOUNT),
-    prog("guard_sb_remount", ProgKind::Lsm("sb_remount"), GUARD_MOUNT),
-    prog("guard_sb_umount", ProgKind::Lsm("sb_umount"), GUARD_MOUNT),
-    prog(
-        "guard_sb_pivotroot",
-        ProgKind::Lsm("sb_pivotroot"),
+    lsm(
+        "guard_sb_mount",
+        "sb_mount",
+        &["dev_name", "path", "type", "flags", "data"],
         GUARD_MOUNT,
     ),
-    prog(
+    lsm(
+        "guard_move_mount",
+        "move_mount",
+        &["from_path", "to_path"],
+        GUARD_MOUNT,
+    ),
+    lsm(
+        "guard_sb_remount",
+        "sb_remount",
+        &["sb", "mnt_opts"],
+        GUARD_MOUNT,
+    ),
+    lsm(
+        "guard_sb_umount",
+        "sb_umount",
+        &["mnt", "flags"],
+        GUARD_MOUNT,
+    ),
+    lsm(
+        "guard_sb_pivotroot",
+        "sb_pivotroot",
+        &["old_path", "new_path"],
+        GUARD_MOUNT,
+    ),
+    lsm(
         "guard_kernel_module_request",
-        ProgKind::Lsm("kernel_module_request"),
+        "kernel_module_request",
+        &["kmod_name"],
         GUARD_KERNEL_MODULES,
     ),
-    prog(
+    lsm(
         "guard_kernel_load_data",
-        ProgKind::Lsm("kernel_load_data"),
+        "kernel_load_data",
+        &["id", "contents"],
         GUARD_KERNEL_MODULES,
     ),
-    prog(
+    lsm(
         "guard_kernel_read_file",
-        ProgKind::Lsm("kernel_read_file"),
+        "kernel_read_file",
+        &["file", "id", "contents"],
         GUARD_KERNEL_MODULES,
     ),
-    prog(
+    lsm(
         "guard_ptrace_access_check",
-        ProgKind::Lsm("ptrace_access_check"),
+        "ptrace_access_check",
+        &["child", "mode"],
         GUARD_PTRACE | GUARD_PTRACE_ANY,
     ),
-    prog(
+    lsm(
         "guard_ptrace_traceme",
-        ProgKind::Lsm("ptrace_traceme"),
+        "ptrace_traceme",
+        &["parent"],
         GUARD_PTRACE | GUARD_PTRACE_ANY,
     ),
-    prog("guard_bpf", ProgKind::Lsm("bpf"), GUARD_BPF),
-    prog(
-        "guard_perf_event_open",
-        ProgKind::Lsm("perf_event_open"),
+    // bpf(2): `kernel` was added in 6.15.
+    lsm("guard_bpf", "bpf", &["cmd", "attr", "size"], GUARD_BPF),
+    lsm(
+        "guard_bpf_kernel_flag",
+        "bpf",
+        &["cmd", "attr", "size", "kernel"],
         GUARD_BPF,
     ),
-    prog(
+    // perf_event_open(2): `attr` was dropped in 6.12.
+    lsm(
+        "guard_perf_event_open",
+        "perf_event_open",
+        &["attr", "type"],
+        GUARD_BPF,
+    ),
+    lsm(
+        "guard_perf_event_open_type",
+        "perf_event_open",
+        &["type"],
+        GUARD_BPF,
+    ),
+    lsm(
         "lsm_socket_create",
-        ProgKind::Lsm("socket_create"),
+        "socket_create",
+        &["family", "type", "protocol", "kern"],
         GUARD_RAW_SOCKETS | GUARD_PACKET_SOCKETS,
     ),
 ];
+
+/// LSM hooks `LSM_PROGRAMS` use, each once, in order.
+pub fn lsm_hooks() -> Vec<&'static str> {
+    let mut hooks: Vec<&'static str> = Vec::new();
+    for p in LSM_PROGRAMS {
+        if let ProgKind::Lsm(h) = p.kind
+            && !hooks.contains(&h)
+        {
+            hooks.push(h);
+        }
+    }
+    hooks
+}
+
+/// The program of `LSM_PROGRAMS` for `hook` whose signature is `params` (the kernel's),
+/// or an explanation of why none fits.
+pub fn lsm_variant(hook: &str, params: Option<&[&str]>) -> Result<&'static GuardProgram, String> {
+    let variants = || {
+        LSM_PROGRAMS
+            .iter()
+            .filter(move |p| matches!(p.kind, ProgKind::Lsm(h) if h == hook))
+    };
+    let Some(params) = params else {
+        return Err(format!(
+            "the kernel's BTF has no bpf_lsm_{hook} (hook removed or renamed)"
+        ));
+    };
+    variants().find(|p| p.args == params).ok_or_else(|| {
+        let known: Vec<String> = variants()
+            .map(|p| format!("({})", p.args.join(", ")))
+            .collect();
+        format!(
+            "hook {hook}({}) on this kernel; this build knows {}",
+            params.join(", "),
+            known.join(" and ")
+        )
+    })
+}
 
 /// The fallback tier's programs.
 pub const FALLBACK_PROGRAMS: &[GuardProgram] = &[
@@ -275,7 +393,7 @@ pub const FALLBACK_PROGRAMS: &[GuardProgram] = &[
 ];
 
 /// The tier-probe program (pass-through LSM program on `syslog`).
-pub const LSM_PROBE_PROGRAM: GuardProgram = prog("guard_lsm_probe", ProgKind::Lsm("syslog"), 0);
+pub const LSM_PROBE_PROGRAM: GuardProgram = lsm("guard_lsm_probe", "syslog", &["type"], 0);
 
 const CRED_IDS: u64 = OFF_CRED_UID | OFF_CRED_SUID | OFF_CRED_EUID | OFF_CRED_FSUID;
 const TARGET_CGROUP: u64 = OFF_TASK_CGROUPS
@@ -436,6 +554,7 @@ pub fn support(tier: Tier, offsets: &ResolvedOffsets) -> Vec<GuardSupport> {
                 },
                 note,
                 missing,
+                refused: None,
             }
         })
         .collect()
