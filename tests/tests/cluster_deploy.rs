@@ -16,7 +16,7 @@ fn the_daemonset_is_ready_and_enforcing() {
         "ds/enforcer",
         "--timeout=180s",
     ]);
-    let logs = k.ok(&["-n", ENFORCER_NS, "logs", "ds/enforcer", "-c", "enforcer"]);
+    let logs = k.ok(&["-n", ENFORCER_NS, "logs", "ds/enforcer", "-c", "agent"]);
     assert!(logs.contains("enforcing:"), "agent log:\n{logs}");
     assert!(
         logs.contains("initial lists complete"),

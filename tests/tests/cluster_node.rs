@@ -207,14 +207,12 @@ fn runtime_guards_deny_in_a_baseline_namespace_and_exec_stays_under_policy() {
     guarded.apply(&agnhost_pod("server", &[("app", "server")], ""));
     k.wait(&guarded.name, "pod/server", "condition=Ready", 180);
     let server = k.pod_ip(&guarded.name, "server");
-    let url = format!("http://{server}:80/hostname");
+    // busybox nc, not wget: Debian's static busybox 1.35 wget segfaults (exit 139).
+    let get =
+        format!("printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {server} 80");
     let fetch = || {
-        k.exec(
-            &guarded.name,
-            "shell",
-            &["/bin/busybox", "wget", "-T", "2", "-q", "-O", "-", &url],
-        )
-        .0
+        k.exec(&guarded.name, "shell", &["/bin/busybox", "sh", "-c", &get])
+            .0
     };
     assert_eq!(fetch(), 0, "before any policy");
     guarded.apply(
@@ -232,10 +230,12 @@ spec:
 /// One line per round from a loop inside the client pod: A1/A0 for the allowed peer,
 /// D1/D0 for the denied one.
 fn probe_loop(k: Kube, ns: String, allowed: String, denied: String, rounds: u32) -> String {
+    // busybox nc, not wget: Debian's static busybox 1.35 wget segfaults.
+    let get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 1";
     let script = format!(
         "i=0; while [ $i -lt {rounds} ]; do \
-           if /bin/busybox wget -T 1 -q -O /dev/null http://{allowed}:80/; then echo A1; else echo A0; fi; \
-           if /bin/busybox wget -T 1 -q -O /dev/null http://{denied}:80/; then echo D1; else echo D0; fi; \
+           if {get} {allowed} 80 >/dev/null 2>&1; then echo A1; else echo A0; fi; \
+           if {get} {denied} 80 >/dev/null 2>&1; then echo D1; else echo D0; fi; \
            i=$((i+1)); /bin/busybox sleep 0.2; done"
     );
     k.exec(&ns, "shell", &["/bin/busybox", "sh", "-c", &script])

@@ -5,8 +5,10 @@
 //!   `core` for the BPF targets from `libstd-rust-web-dev-bpf`), `llvm-22-dev` to build
 //!   bpf-linker, QEMU and busybox for the VM tier, iproute2 for test namespaces.
 //! - bpf-linker, built against LLVM 22 with `cargo install`.
-//! - The Debian kernel the VM tier boots, downloaded as a package and unpacked (not
-//!   installed), with an uncompressed vmlinux (booting it saves ~5 s per VM run).
+//! - The Debian kernels the VM tier boots (bookworm's 6.1, and the newest 6.12 of the
+//!   security suite: GKE's COS images run 6.1, 6.6 and 6.12), downloaded as packages and
+//!   unpacked (not installed), each with an uncompressed vmlinux (booting it saves ~5 s per
+//!   VM run).
 //! - For the deploy check (lint tier): a Python virtualenv with kubernetes-validate, and
 //!   shellcheck for the e2e scripts.
 
@@ -33,6 +35,7 @@ const PACKAGES: &[(&str, Option<&str>)] = &[
     ("busybox-static", None),
     ("cpio", None),
     ("xz-utils", None),
+    ("zstd", None),
     ("iproute2", None),
     ("kmod", None),
     ("procps", None),
@@ -118,13 +121,18 @@ pub fn setup(check_only: bool) -> Result<()> {
     if !bpf_linker_ok() {
         todo.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
     }
-    let kernel = vm_kernel_dir();
-    if kernel
-        .as_ref()
-        .map(|k| !k.join("ready").exists())
-        .unwrap_or(true)
-    {
-        todo.push("VM kernel (Debian linux-image, unpacked)".into());
+    for k in VmKernel::ALL {
+        let ready = k
+            .dir()
+            .as_ref()
+            .map(|d| d.join("ready").exists())
+            .unwrap_or(false);
+        if !ready {
+            todo.push(format!(
+                "VM kernel {} (Debian linux-image, unpacked)",
+                k.label
+            ));
+        }
     }
     if !validate_venv_ok() {
         todo.push("Python virtualenv for the deploy check (kubernetes-validate)".into());
@@ -183,7 +191,9 @@ pub fn setup(check_only: bool) -> Result<()> {
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
 
-    ensure_vm_kernel()?;
+    for k in VmKernel::ALL {
+        ensure_vm_kernel(k)?;
+    }
     ensure_validate_venv()?;
     eprintln!("setup: done in {:.1?}", start.elapsed());
     Ok(())
@@ -217,11 +227,59 @@ fn ensure_validate_venv() -> Result<()> {
     Ok(())
 }
 
-/// Name of the Debian kernel package `linux-image-amd64` depends on today.
-fn kernel_package() -> Result<String> {
-    if let Ok(p) = std::env::var("ENFORCER_VM_KERNEL_PACKAGE") {
-        return Ok(p);
+/// A kernel the VM tier boots.
+#[derive(Clone, Copy, Debug)]
+pub struct VmKernel {
+    /// Short name in test labels ("6.1").
+    pub label: &'static str,
+    /// Overrides the package name (`ENFORCER_VM_KERNEL_PACKAGE` for the first).
+    env: &'static str,
+    /// How to find today's package.
+    find: fn() -> Result<String>,
+}
+
+impl VmKernel {
+    /// Debian 12's own kernel (6.1: also COS 109 and Ubuntu 22.04 HWE-less nodes), and the
+    /// 6.12 of bookworm's security suite (COS 121+, and the LSM hook signatures and return
+    /// checks that changed in 6.12).
+    pub const ALL: [VmKernel; 2] = [
+        VmKernel {
+            label: "6.1",
+            env: "ENFORCER_VM_KERNEL_PACKAGE",
+            find: default_kernel_package,
+        },
+        VmKernel {
+            label: "6.12",
+            env: "ENFORCER_VM_KERNEL_612_PACKAGE",
+            find: newest_612_package,
+        },
+    ];
+
+    fn package(&self) -> Result<String> {
+        match std::env::var(self.env) {
+            Ok(p) => Ok(p),
+            Err(_) => (self.find)(),
+        }
     }
+
+    /// The unpacked kernel directory for today's package (if known without network: the
+    /// ready one already unpacked for this label).
+    pub fn dir(&self) -> Option<PathBuf> {
+        let base = cache_dir().join("vm");
+        if let Ok(p) = self.package() {
+            return Some(base.join(p));
+        }
+        fs::read_dir(&base)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("ready").exists())
+            .find(|p| fs::read_to_string(p.join("label")).is_ok_and(|l| l.trim() == self.label))
+    }
+}
+
+/// Name of the Debian kernel package `linux-image-amd64` depends on today.
+fn default_kernel_package() -> Result<String> {
     let deps = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
     deps.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -230,22 +288,31 @@ fn kernel_package() -> Result<String> {
         .context("apt-cache depends linux-image-amd64 names no linux-image-*-amd64 package")
 }
 
-/// The unpacked kernel directory for the current package, if known without network.
-pub fn vm_kernel_dir() -> Option<PathBuf> {
-    let base = cache_dir().join("vm");
-    if let Ok(p) = kernel_package() {
-        return Some(base.join(p));
-    }
-    // Offline: reuse whatever is ready.
-    fs::read_dir(&base)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("ready").exists())
+/// The newest `linux-image-6.12.*+deb12-amd64-unsigned` apt knows (bookworm-security
+/// carries 6.12 for bookworm; the archive keeps only recent builds, so no exact pin).
+fn newest_612_package() -> Result<String> {
+    let list = output(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
+    ]))?;
+    let mut names: Vec<(Vec<u32>, String)> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| {
+            let v = n.strip_prefix("linux-image-")?.split('+').next()?;
+            let nums = v.split('.').map(|x| x.parse().unwrap_or(0)).collect();
+            Some((nums, n.to_string()))
+        })
+        .collect();
+    names.sort();
+    names.pop().map(|(_, n)| n).context(
+        "apt knows no linux-image-6.12.*+deb12-amd64-unsigned (bookworm-security in apt sources?)",
+    )
 }
 
-fn ensure_vm_kernel() -> Result<PathBuf> {
-    let pkg = kernel_package()?;
+fn ensure_vm_kernel(k: VmKernel) -> Result<PathBuf> {
+    let pkg = k.package()?;
     let dir = cache_dir().join("vm").join(&pkg);
     if dir.join("ready").exists() {
         return Ok(dir);
@@ -277,24 +344,34 @@ fn ensure_vm_kernel() -> Result<PathBuf> {
     // Packages do not ship modules.dep: generate it so modprobe works inside the VM.
     run(Command::new("depmod").arg("-b").arg(&root).arg(&kver))?;
     fs::write(dir.join("kver"), &kver)?;
+    fs::write(dir.join("label"), k.label)?;
     fs::write(dir.join("ready"), "")?;
     Ok(dir)
 }
 
-/// Decompress the xz payload of a bzImage into an ELF vmlinux (PVH-bootable by QEMU).
+/// Decompress the payload of a bzImage (xz for 6.1, zstd for 6.12) into an ELF vmlinux
+/// (PVH-bootable by QEMU).
 fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
     let data = fs::read(bzimage).with_context(|| bzimage.display().to_string())?;
     const XZ_MAGIC: &[u8] = &[0xFD, b'7', b'z', b'X', b'Z', 0x00];
-    let pos = data
-        .windows(XZ_MAGIC.len())
-        .position(|w| w == XZ_MAGIC)
-        .context("no xz stream in vmlinuz")?;
-    let tmp = out.with_extension("xz");
+    const ZSTD_MAGIC: &[u8] = &[0x28, 0xB5, 0x2F, 0xFD];
+    let find = |m: &[u8]| data.windows(m.len()).position(|w| w == m);
+    let (pos, mut cmd) = if let Some(p) = find(XZ_MAGIC) {
+        let mut c = Command::new("xz");
+        c.args(["-dc", "--single-stream"]);
+        (p, c)
+    } else if let Some(p) = find(ZSTD_MAGIC) {
+        let mut c = Command::new("zstd");
+        c.args(["-dcq"]);
+        (p, c)
+    } else {
+        bail!("no xz or zstd stream in {}", bzimage.display());
+    };
+    let tmp = out.with_extension("packed");
     fs::write(&tmp, &data[pos..])?;
-    let elf = Command::new("xz")
-        .args(["-dc", "--single-stream"])
-        .arg(&tmp)
-        .output()?;
+    // zstd complains about the bytes after the frame (the bzImage trailer) but has
+    // written the whole kernel by then: judge by the output, not the exit status.
+    let elf = cmd.arg(&tmp).output()?;
     fs::remove_file(&tmp)?;
     if !elf.stdout.starts_with(b"\x7fELF") {
         bail!(

@@ -304,7 +304,7 @@ pub fn guard_benches(vm_too: bool) -> Result<()> {
                 agent_path().display().to_string(),
             ),
         ];
-        for r in vm::run(&vm_tests, &env)? {
+        for r in vm::run(crate::setup::VmKernel::ALL[0], &vm_tests, &env)? {
             println!("-- {} (rc {:?})\n{}", r.name, r.rc, r.log.trim_end());
             if r.rc != Some(0) {
                 failed.push(r.name);
@@ -354,6 +354,9 @@ pub fn kernel(filter: Option<&str>) -> Result<Tally> {
     Ok(t)
 }
 
+/// VM test suites that run on every VM kernel (the others on the first only).
+const VM_EVERY_KERNEL: &[&str] = &["vm_guards", "vm_lsm"];
+
 pub fn vm(filter: Option<&str>) -> Result<Tally> {
     let mut t = Tally::new("vm");
     let start = Instant::now();
@@ -392,35 +395,57 @@ pub fn vm(filter: Option<&str>) -> Result<Tally> {
             agent_path().display().to_string(),
         ),
     ];
-    for r in vm::run(&tests, &env)? {
-        let label = format!("{}::{}", r.binary.split('-').next().unwrap_or(""), r.name);
-        let verdict = match (r.rc, &r.skipped) {
-            (Some(0), Some(reason)) => {
-                t.skipped.push((label.clone(), reason.clone()));
-                "skipped"
-            }
-            (Some(0), None) => {
-                t.passed += 1;
-                "ok"
-            }
-            (Some(124), _) | (Some(137), _) => {
-                t.failed.push(format!("{label} (timed out)"));
-                "FAILED (timeout)"
-            }
-            (Some(_), _) => {
-                t.failed.push(label.clone());
-                "FAILED"
-            }
-            (None, _) => {
-                t.failed
-                    .push(format!("{label} (never finished: VM died or hung)"));
-                "FAILED (no result)"
-            }
-        };
-        println!("vm test {label} ... {verdict}");
-        if verdict.starts_with("FAILED") {
-            for l in r.log.lines() {
-                println!("    | {l}");
+    for (i, k) in crate::setup::VmKernel::ALL.into_iter().enumerate() {
+        // Every VM test on the first kernel; the runtime guards (what depends on the
+        // kernel's LSM hooks and verifier) on the others too.
+        let these: Vec<vm::VmTest> = tests
+            .iter()
+            .filter(|t| {
+                i == 0
+                    || VM_EVERY_KERNEL
+                        .iter()
+                        .any(|p| t.binary_name().starts_with(p))
+            })
+            .cloned()
+            .collect();
+        if these.is_empty() {
+            continue;
+        }
+        for r in vm::run(k, &these, &env)? {
+            let label = format!(
+                "{}::{} [{}]",
+                r.binary.split('-').next().unwrap_or(""),
+                r.name,
+                k.label
+            );
+            let verdict = match (r.rc, &r.skipped) {
+                (Some(0), Some(reason)) => {
+                    t.skipped.push((label.clone(), reason.clone()));
+                    "skipped"
+                }
+                (Some(0), None) => {
+                    t.passed += 1;
+                    "ok"
+                }
+                (Some(124), _) | (Some(137), _) => {
+                    t.failed.push(format!("{label} (timed out)"));
+                    "FAILED (timeout)"
+                }
+                (Some(_), _) => {
+                    t.failed.push(label.clone());
+                    "FAILED"
+                }
+                (None, _) => {
+                    t.failed
+                        .push(format!("{label} (never finished: VM died or hung)"));
+                    "FAILED (no result)"
+                }
+            };
+            println!("vm test {label} ... {verdict}");
+            if verdict.starts_with("FAILED") {
+                for l in r.log.lines() {
+                    println!("    | {l}");
+                }
             }
         }
     }

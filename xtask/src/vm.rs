@@ -1,5 +1,5 @@
-//! The VM tier: boot Debian's 6.1 kernel (BPF LSM active) under QEMU/TCG and run test
-//! binaries inside it.
+//! The VM tier: boot Debian's kernels (6.1 and 6.12, BPF LSM active) under QEMU/TCG and run
+//! test binaries inside them.
 //!
 //! The guest sees the host's root filesystem read-only over virtio-9p, under an overlayfs
 //! whose upper layer is a tmpfs, so the host's (dynamically linked) test binaries, `ip`,
@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{setup::vm_kernel_dir, util::root};
+use crate::{setup::VmKernel, util::root};
 
 /// Modules the initramfs loads to reach the host filesystem.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
@@ -30,9 +30,19 @@ const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 /// Per-test limit inside the guest (TCG is ~20x slower than the host for CPU work).
 const TEST_TIMEOUT_S: u64 = 240;
 
+#[derive(Clone, Debug)]
 pub struct VmTest {
     pub binary: PathBuf,
     pub name: String,
+}
+
+impl VmTest {
+    /// The test executable's file name (`vm_guards-0123abcd`).
+    pub fn binary_name(&self) -> String {
+        self.binary
+            .file_name()
+            .map_or(String::new(), |f| f.to_string_lossy().into_owned())
+    }
 }
 
 #[derive(Debug)]
@@ -45,12 +55,29 @@ pub struct VmResult {
     pub skipped: Option<String>,
 }
 
-fn kernel() -> Result<(PathBuf, String)> {
-    let dir = vm_kernel_dir()
+fn kernel(k: VmKernel) -> Result<(PathBuf, String)> {
+    let dir = k
+        .dir()
         .filter(|d| d.join("ready").exists())
-        .context("the VM kernel is not unpacked: run `cargo xtask setup`")?;
+        .with_context(|| {
+            format!(
+                "the VM kernel {} is not unpacked: run `cargo xtask setup`",
+                k.label
+            )
+        })?;
     let kver = fs::read_to_string(dir.join("kver"))?.trim().to_string();
     Ok((dir, kver))
+}
+
+/// A module's name from its file name (`veth.ko`, `veth.ko.xz`, `9pnet-virtio.ko`).
+fn module_name(file: &str) -> String {
+    let f = Path::new(file)
+        .file_name()
+        .map_or(file.into(), |f| f.to_string_lossy());
+    f.trim_end_matches(".xz")
+        .trim_end_matches(".zst")
+        .trim_end_matches(".ko")
+        .replace('-', "_")
 }
 
 /// Resolve module load order (dependencies first) from modules.dep.
@@ -62,23 +89,8 @@ fn module_order(modroot: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
         let Some((m, rest)) = line.split_once(':') else {
             continue;
         };
-        let name = Path::new(m)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .trim_end_matches(".ko")
-            .replace('-', "_");
-        let ds = rest
-            .split_whitespace()
-            .map(|d| {
-                Path::new(d)
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .trim_end_matches(".ko")
-                    .replace('-', "_")
-            })
-            .collect();
+        let name = module_name(m);
+        let ds = rest.split_whitespace().map(module_name).collect();
         deps.insert(name, (m.to_string(), ds));
     }
     let mut order = Vec::new();
@@ -101,8 +113,18 @@ fn module_order(modroot: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
         order.push(PathBuf::from(path));
         Ok(())
     }
+    // Built into this kernel (6.12 has virtio_pci built in): nothing to load.
+    let builtin: BTreeSet<String> = fs::read_to_string(modroot.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .map(module_name)
+        .collect();
     for w in wanted {
-        visit(&w.replace('-', "_"), &deps, &mut seen, &mut order)?;
+        let w = w.replace('-', "_");
+        if !deps.contains_key(&w) && builtin.contains(&w) {
+            continue;
+        }
+        visit(&w, &deps, &mut seen, &mut order)?;
     }
     Ok(order)
 }
@@ -120,8 +142,26 @@ fn build_initramfs(work: &Path, kdir: &Path, kver: &str) -> Result<PathBuf> {
     let modroot = kdir.join("root/lib/modules").join(kver);
     let mut names = Vec::new();
     for m in module_order(&modroot, BOOT_MODULES)? {
-        let name = m.file_name().unwrap().to_string_lossy().into_owned();
-        fs::copy(modroot.join(&m), tree.join("modules").join(&name))?;
+        let file = m.file_name().unwrap().to_string_lossy().into_owned();
+        // busybox insmod takes plain .ko files: 6.12's packages compress them.
+        let name = format!("{}.ko", file.split(".ko").next().unwrap_or(&file));
+        let dest = tree.join("modules").join(&name);
+        if file.ends_with(".xz") {
+            let out = Command::new("xz")
+                .arg("-dc")
+                .arg(modroot.join(&m))
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "decompressing {}: {}",
+                    m.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            fs::write(&dest, out.stdout)?;
+        } else {
+            fs::copy(modroot.join(&m), &dest)?;
+        }
         names.push(name);
     }
     fs::write(tree.join("modules/order"), names.join("\n") + "\n")?;
@@ -194,9 +234,9 @@ sync
 poweroff -f
 "#;
 
-/// Run `tests` in one VM. `extra_env` is passed to every test.
-pub fn run(tests: &[VmTest], extra_env: &[(String, String)]) -> Result<Vec<VmResult>> {
-    let (kdir, kver) = kernel()?;
+/// Run `tests` in one VM booting kernel `k`. `extra_env` is passed to every test.
+pub fn run(k: VmKernel, tests: &[VmTest], extra_env: &[(String, String)]) -> Result<Vec<VmResult>> {
+    let (kdir, kver) = kernel(k)?;
     let work = root().join("target/vm");
     fs::create_dir_all(&work)?;
     let results = work.join(format!("run-{}", std::process::id()));

@@ -98,6 +98,9 @@ fn sh(cmd: &mut Command) -> Result<()> {
 pub fn deploy(layout: &Layout) -> Result<()> {
     let deploy = root().join("deploy");
     sh(kubectl(layout).arg("apply").arg("-k").arg(&deploy))?;
+    // The image keeps its tag when `up` imports a rebuilt one: restart the pods so that
+    // they run what was just built.
+    sh(kubectl(layout).args(["-n", "enforcer-system", "rollout", "restart", "ds/enforcer"]))?;
     let ready = sh(kubectl(layout).args([
         "-n",
         "enforcer-system",
