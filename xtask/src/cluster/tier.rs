@@ -349,8 +349,12 @@ mod tests {
         assert_eq!(u.failed, vec!["[sig-network] Netpol c".to_string()]);
         assert_eq!(u.skipped, vec!["[sig-network] Netpol SCTP d".to_string()]);
         assert!(focused("[sig-network] Netpol SCTP d"));
-        assert!(focused("[It] [sig-network] NetworkPolicy API should support creating"));
-        assert!(!focused("[It] [sig-storage] In-tree Volumes [Driver: local]"));
+        assert!(focused(
+            "[It] [sig-network] NetworkPolicy API should support creating"
+        ));
+        assert!(!focused(
+            "[It] [sig-storage] In-tree Volumes [Driver: local]"
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
 }
