@@ -28,8 +28,11 @@ use crate::{
 };
 
 /// Specs of the upstream suite that this machine cannot run, with the reason.
+/// The first element is a ginkgo `--skip` regular expression and must also be a plain
+/// substring of the names it skips (the tally finds the reason by substring). Only the
+/// specs that open SCTP sockets: the two TCP specs about SCTP policies run.
 const UPSTREAM_SKIPS: &[(&str, &str)] = &[(
-    "SCTP",
+    "[Feature:SCTPConnectivity]",
     "this kernel has no SCTP (socket(IPPROTO_SCTP) fails with EPROTONOSUPPORT)",
 )];
 
@@ -183,7 +186,7 @@ pub fn netpol_suite(layout: &Layout) -> Result<Upstream> {
     fs::create_dir_all(&report)?;
     let skip = UPSTREAM_SKIPS
         .iter()
-        .map(|(k, _)| *k)
+        .map(|(k, _)| k.replace('[', r"\[").replace(']', r"\]"))
         .collect::<Vec<_>>()
         .join("|");
     let start = Instant::now();
