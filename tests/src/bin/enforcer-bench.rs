@@ -101,6 +101,10 @@ fn rr(proto: &str, addr: IpAddr, port: u16, n: u32) -> Duration {
 }
 
 fn crr(addr: IpAddr, port: u16, n: u32) -> Duration {
+    // Thousands of short connections per round: reuse TIME_WAIT ports (this runs in the
+    // client pod's own network namespace), or a later round runs out of them
+    // (EADDRNOTAVAIL).
+    let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
     let sa = SocketAddr::new(addr, port);
     let start = Instant::now();
     for _ in 0..n {
@@ -143,7 +147,29 @@ const RR_N: u32 = 20_000;
 const CRR_N: u32 = 2_000;
 
 fn measure(node: &SimNode, rounds: usize) -> Sample {
-    let server = node.pods["bench/server"].v4.to_string();
+    measure_to(node, &node.pods["bench/server"].v4.to_string(), rounds)
+}
+
+/// The bench Service's ClusterIP (port 9000 TCP and UDP, the server pod as its backend).
+const CLUSTER_IP: &str = "10.96.200.10";
+
+fn service_yaml(node: &SimNode) -> String {
+    let server = node.pods["bench/server"].v4;
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: server, namespace: bench}}\nspec:\n  \
+         clusterIP: {CLUSTER_IP}\n  clusterIPs: [{CLUSTER_IP}]\n  ports:\n  \
+         - {{name: tcp, protocol: TCP, port: 9000}}\n  - {{name: udp, protocol: UDP, port: 9000}}\n  \
+         - {{name: probe, protocol: TCP, port: 80}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: server-v4\n  \
+         namespace: bench\n  labels: {{kubernetes.io/service-name: server}}\naddressType: IPv4\n\
+         ports:\n- {{name: tcp, protocol: TCP, port: 9000}}\n- {{name: udp, protocol: UDP, port: 9000}}\n\
+         - {{name: probe, protocol: TCP, port: 80}}\n\
+         endpoints:\n- addresses: [\"{server}\"]\n  conditions: {{ready: true}}\n  nodeName: {}\n",
+        node.node_name
+    )
+}
+
+fn measure_to(node: &SimNode, server: &str, rounds: usize) -> Sample {
     let place = node.pods["bench/client"].place();
     let mut best = Sample {
         tcp_rr: 0.0,
@@ -155,15 +181,15 @@ fn measure(node: &SimNode, rounds: usize) -> Sample {
         let ns = |s: String| s.parse::<f64>().unwrap();
         let t = ns(in_pod(
             place,
-            &["rr", "tcp", &server, "9000", &RR_N.to_string()],
+            &["rr", "tcp", server, "9000", &RR_N.to_string()],
         ));
         best.tcp_rr = best.tcp_rr.max(RR_N as f64 / (t / 1e9));
         let u = ns(in_pod(
             place,
-            &["rr", "udp", &server, "9000", &RR_N.to_string()],
+            &["rr", "udp", server, "9000", &RR_N.to_string()],
         ));
         best.udp_rr = best.udp_rr.max(RR_N as f64 / (u / 1e9));
-        let c = ns(in_pod(place, &["crr", &server, "9000", &CRR_N.to_string()]));
+        let c = ns(in_pod(place, &["crr", server, "9000", &CRR_N.to_string()]));
         best.tcp_crr = best.tcp_crr.max(CRR_N as f64 / (c / 1e9));
     }
     best
@@ -324,6 +350,40 @@ fn main() {
             let _ = write!(detail, "; {name} {ns:.0} ns/run over {cnt} runs");
         }
         rows.push((format!("agent, {label}"), s, detail));
+
+        if peers == 0 {
+            // Service translation at the socket: the same traffic to the server's ClusterIP
+            // (translated by net_connect4/net_sendmsg4, reverse-translated on receive) vs
+            // to its pod IP, in the same agent configuration, pod IP measured again after.
+            node.write_manifest("15-service.yaml", &service_yaml(&node));
+            let client = node.pods["bench/client"].place();
+            let t0 = Instant::now();
+            // Port 80: the pod's probe server, which answers "ok".
+            while enforcer_tests::probe(client, &["connect", "tcp", CLUSTER_IP, "80", "300"]).1
+                != "ok"
+            {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "the bench Service is not translated after 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let svc = measure_to(&node, CLUSTER_IP, rounds);
+            let again = measure(&node, rounds);
+            let pod = &rows.last().unwrap().1;
+            let mean = |f: fn(&Sample) -> f64| (f(pod) + f(&again)) / 2.0;
+            println!(
+                "service translation (ClusterIP vs pod IP, same agent, pod IP measured before and after): \
+                 tcp rr {:.3}, udp rr {:.3}, tcp crr {:.3}  (ClusterIP: {:.0} / {:.0} / {:.0} per s)",
+                svc.tcp_rr / mean(|b| b.tcp_rr),
+                svc.udp_rr / mean(|b| b.udp_rr),
+                svc.tcp_crr / mean(|b| b.tcp_crr),
+                svc.tcp_rr,
+                svc.udp_rr,
+                svc.tcp_crr
+            );
+            node.remove_manifest("15-service.yaml");
+        }
 
         if std::env::var_os("BENCH_DEBUG").is_some() {
             let c = node.pods["bench/client"].place();
