@@ -396,10 +396,7 @@ impl Datapath {
         };
         let mut refused = Vec::new();
         for (hook, variant) in self.lsm_variants.clone() {
-            let guards_of_hook = guards::LSM_PROGRAMS
-                .iter()
-                .filter(|p| p.kind == ProgKind::Lsm(hook))
-                .fold(0, |acc, p| acc | p.guards);
+            let guards_of_hook = guards::lsm_hook_guards(hook);
             let result = variant.and_then(|p| {
                 let prog: &mut Lsm = self.program(p.name).map_err(|e| e.to_string())?;
                 if prog.fd().is_ok() {
@@ -628,10 +625,7 @@ impl Datapath {
             Tier::Lsm => {
                 let mut refused = 0u32;
                 for (hook, variant) in self.lsm_variants.clone() {
-                    let guards_of_hook = guards::LSM_PROGRAMS
-                        .iter()
-                        .filter(|p| p.kind == ProgKind::Lsm(hook))
-                        .fold(0, |acc, p| acc | p.guards);
+                    let guards_of_hook = guards::lsm_hook_guards(hook);
                     if guards_of_hook & available == 0 {
                         continue;
                     }
@@ -653,13 +647,15 @@ impl Datapath {
         if tier == Tier::Lsm {
             // Guards refused in the LSM tier: enforced as the fallback tier does, or not at
             // all if the fallback has nothing for them here.
+            let fallback_support = guards::support(Tier::Fallback, &self.offsets);
             for s in support.iter_mut() {
                 let Some((_, why)) = fell_back.iter().find(|(g, _)| g & s.guard != 0) else {
                     continue;
                 };
-                let fb = guards::support(Tier::Fallback, &self.offsets)
-                    .into_iter()
+                let fb = fallback_support
+                    .iter()
                     .find(|f| f.guard == s.guard)
+                    .cloned()
                     .expect("every guard has a fallback entry");
                 if fallback_guards & s.guard != 0 {
                     *s = fb;

@@ -345,6 +345,14 @@ pub fn lsm_hooks() -> Vec<&'static str> {
     hooks
 }
 
+/// The guards the programs on LSM hook `hook` serve (every variant serves the same).
+pub fn lsm_hook_guards(hook: &str) -> u32 {
+    LSM_PROGRAMS
+        .iter()
+        .filter(|p| matches!(p.kind, ProgKind::Lsm(h) if h == hook))
+        .fold(0, |acc, p| acc | p.guards)
+}
+
 /// The program of `LSM_PROGRAMS` for `hook` whose signature is `params` (the kernel's),
 /// or an explanation of why none fits.
 pub fn lsm_variant(hook: &str, params: Option<&[&str]>) -> Result<&'static GuardProgram, String> {
