@@ -486,31 +486,46 @@ pub const SYSCALL_RULES_MAX: u32 = 1024;
 /// Any call.
 pub const SC_ANY: u8 = 0;
 /// The first `arg` arguments are uids; a non-root caller (uid and euid not 0) asking for
-/// uid 0 in any of them (setuid, setreuid, setresuid, setfsuid).
+/// uid 0 in any of them (setuid, setreuid, setresuid, setfsuid). `value` is the mask of
+/// the id's width: `0xffff` for the 16-bit calls of the i386 ABI (the kernel keeps only
+/// the low 16 bits, so 0x10000 asks for root), 0 or `0xffff_ffff` for 32 bits.
 pub const SC_UIDS_TO_ROOT: u8 = 1;
-/// `args[arg] & value != 0` (namespace flags of unshare/clone).
+/// `args[arg] & value != 0` (namespace flags of unshare).
 pub const SC_ARG_MASK: u8 = 2;
 /// `args[arg] == value` (socket family).
 pub const SC_ARG_EQ: u8 = 3;
-/// `*(u64 *)args[arg] & value != 0`: a user-memory flags word (clone3's `clone_args.flags`).
-pub const SC_USER_U64_MASK: u8 = 4;
 /// `*(u32 *)args[arg]` is non-zero and not `ADJ_OFFSET_SS_READ`: a `struct timex` that
-/// changes the clock (adjtimex, clock_adjtime); a pure read passes.
+/// changes the clock (adjtimex, clock_adjtime); a pure read passes, memory that cannot
+/// be read counts as a change.
 pub const SC_TIMEX_WRITE: u8 = 5;
 /// ptrace(2): `args[0]` is PTRACE_TRACEME, PTRACE_ATTACH or PTRACE_SEIZE. With
 /// `GUARD_PTRACE_ANY` always; with `GUARD_PTRACE` only when the caller is in the initial
 /// PID namespace (see the fallback module for why).
 pub const SC_PTRACE: u8 = 6;
-/// Other calls that need ptrace access to another process (process_vm_readv/writev,
-/// pidfd_getfd): same rule as `SC_PTRACE` without the request check.
+/// Other calls that need ptrace access to another process (process_vm_readv/writev):
+/// same rule as `SC_PTRACE` without the request check.
 pub const SC_PTRACE_LIKE: u8 = 7;
-/// i386 socketcall(2): `args[0] == SYS_SOCKET` and the family at `*(u32 *)args[1]` equals
-/// `value`.
-pub const SC_SOCKETCALL_FAMILY: u8 = 8;
 /// socket(2) of a packet socket: `args[0] == AF_PACKET`, or `(args[1] & 0xf) ==
 /// SOCK_PACKET` (the kernel turns `socket(AF_INET, SOCK_PACKET, ...)` into a packet
 /// socket).
 pub const SC_SOCKET_PACKET: u8 = 9;
+/// clone(2) and clone3(2). The flags are `args[arg & 0x7f]`, or, with `SC_ARG_USER` in
+/// `arg`, the u64 that argument points to (`clone_args.flags`). Namespace flags (`value`)
+/// fall under `GUARD_DANGEROUS_CAPABILITIES`; `CLONE_FILES` without `CLONE_THREAD` (a new
+/// process sharing the caller's descriptor table, which would keep the descriptor of a
+/// killed call alive) under every other guard of `guards`. Memory that cannot be read
+/// counts as both.
+pub const SC_CLONE: u8 = 10;
+/// i386 socketcall(2): `args[0] == SYS_SOCKET` and the socket(2) arguments at
+/// `*(u32 [3])args[1]` ask for a packet socket (as `SC_SOCKET_PACKET`); memory that
+/// cannot be read counts as a packet socket.
+pub const SC_SOCKETCALL_PACKET: u8 = 11;
+/// The first `arg` arguments are gids (setgid, setregid, setresgid, setfsgid); a caller
+/// that is neither root (uid, euid) nor in group 0 (gid, egid) asking for gid 0 in any of
+/// them. `value`: the id mask, as for `SC_UIDS_TO_ROOT`.
+pub const SC_GIDS_TO_ROOT: u8 = 12;
+/// `SyscallRule::arg` flag: the argument is a pointer to the value (user memory).
+pub const SC_ARG_USER: u8 = 0x80;
 
 /// One fallback syscall rule (Array maps `SYSCALL_RULES`, `SYSCALL_RULES_COMPAT`, index:
 /// syscall number of the native and of the 32-bit compat ABI). An all-zero rule guards
@@ -523,12 +538,19 @@ pub struct SyscallRule {
     pub guards: u32,
     /// `SC_*`.
     pub check: u8,
-    /// Argument index (or count, for `SC_UIDS_TO_ROOT`).
+    /// Argument index (or count, for `SC_UIDS_TO_ROOT` and `SC_GIDS_TO_ROOT`), with
+    /// `SC_ARG_USER` where the check reads what the argument points to.
     pub arg: u8,
     pub _pad: [u8; 2],
     /// Mask or value for the check.
     pub value: u64,
 }
+
+/// Capabilities an exec may add to the permitted set without counting as an escalation
+/// (root-escalation): CAP_NET_BIND_SERVICE (10), the one capability Pod Security
+/// "restricted" lets a container add. Binaries carrying it as a file capability (web
+/// servers that bind port 80 as a non-root user) keep working.
+pub const HARMLESS_FILE_CAPS: u64 = 1 << 10;
 
 /// Bits of `KernelOffsets::present`: which offsets were found in the kernel's BTF.
 pub const OFF_TASK_CRED: u64 = 1 << 0;
@@ -554,6 +576,10 @@ pub const OFF_COMPAT_REGS_ARGS: u64 = 1 << 19;
 pub const OFF_TASK_NSPROXY: u64 = 1 << 20;
 pub const OFF_NSPROXY_MNT_NS: u64 = 1 << 21;
 pub const OFF_MNT_NS_INUM: u64 = 1 << 22;
+pub const OFF_CRED_GID: u64 = 1 << 23;
+pub const OFF_CRED_SGID: u64 = 1 << 24;
+pub const OFF_CRED_EGID: u64 = 1 << 25;
+pub const OFF_CRED_FSGID: u64 = 1 << 26;
 
 /// Byte offsets of the kernel struct fields the guards read, resolved by the agent from
 /// the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and handed to the programs as the
@@ -609,6 +635,11 @@ pub struct KernelOffsets {
     pub task_nsproxy: u32,
     pub nsproxy_mnt_ns: u32,
     pub mnt_ns_inum: u32,
+    /// `cred.gid`, `cred.sgid`, `cred.egid`, `cred.fsgid` (`kgid_t`, 4 bytes).
+    pub cred_gid: u32,
+    pub cred_sgid: u32,
+    pub cred_egid: u32,
+    pub cred_fsgid: u32,
 }
 
 impl KernelOffsets {
@@ -639,6 +670,10 @@ impl KernelOffsets {
         task_nsproxy: 0,
         nsproxy_mnt_ns: 0,
         mnt_ns_inum: 0,
+        cred_gid: 0,
+        cred_sgid: 0,
+        cred_egid: 0,
+        cred_fsgid: 0,
     };
 }
 
@@ -671,7 +706,7 @@ assert_size!(RevValue, 20);
 assert_size!(GuardEvent, 120);
 assert_size!(GuardConfig, 8);
 assert_size!(SyscallRule, 16);
-assert_size!(KernelOffsets, 144);
+assert_size!(KernelOffsets, 160);
 assert_size!(ExemptTask, 24);
 
 #[cfg(feature = "user")]

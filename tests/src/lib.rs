@@ -279,6 +279,34 @@ pub fn place_command(cmd: &mut Command, place: Place<'_>) {
 }
 
 /// Path of the probe binary (built with this crate).
+/// Give the file at `path` the file capabilities `caps` (bits of capabilities 0-31),
+/// permitted and effective: `struct vfs_cap_data` revision 2 (magic_etc, then {permitted,
+/// inheritable} for capabilities 0-31 and 32-63) in `security.capability`.
+pub fn set_file_caps(path: &Path, caps: u32) {
+    let mut v = Vec::new();
+    for w in [0x0200_0001u32, caps, 0, 0, 0] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    let p = std::ffi::CString::new(path.to_str().expect("UTF-8 path")).expect("no NUL");
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"security.capability".as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr security.capability on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
 pub fn probe_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ENFORCER_PROBE") {
         return PathBuf::from(p);

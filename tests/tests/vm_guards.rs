@@ -76,24 +76,7 @@ fn binaries(dir: &TmpMount) -> (String, String, String) {
         fs::copy(probe_bin(), p).expect("copy probe");
     }
     fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
-    // struct vfs_cap_data (revision 2, effective): magic_etc, then {permitted,
-    // inheritable} for capabilities 0-31 and 32-63. CAP_NET_RAW is 13.
-    let mut cap = Vec::new();
-    for v in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
-        cap.extend_from_slice(&v.to_le_bytes());
-    }
-    let path = std::ffi::CString::new(fcap.to_str().unwrap()).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            c"security.capability".as_ptr(),
-            cap.as_ptr().cast(),
-            cap.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+    set_file_caps(&fcap, 1 << 13); // CAP_NET_RAW
     let s = |p: &Path| p.to_str().unwrap().to_string();
     (s(&suid), s(&fcap), s(&plain))
 }

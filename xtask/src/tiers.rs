@@ -355,7 +355,7 @@ pub fn kernel(filter: Option<&str>) -> Result<Tally> {
 }
 
 /// VM test suites that run on every VM kernel (the others on the first only).
-const VM_EVERY_KERNEL: &[&str] = &["vm_guards", "vm_lsm"];
+const VM_EVERY_KERNEL: &[&str] = &["vm_guards", "vm_guard_escapes", "vm_lsm"];
 
 pub fn vm(filter: Option<&str>) -> Result<Tally> {
     let mut t = Tally::new("vm");

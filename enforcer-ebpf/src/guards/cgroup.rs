@@ -204,6 +204,15 @@ pub fn guard_exec(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// After an exec: did it give the task effective group 0 while its real group is not 0
+/// (a setgid-root binary)? Unknown: no.
+#[inline(always)]
+fn group_root_gained(cred: u64) -> bool {
+    has(OFF_CRED_GID | OFF_CRED_EGID)
+        && kread(cred, off!(cred_egid), NO_UID) == 0
+        && kread(cred, off!(cred_gid), 0u32) != 0
+}
+
 /// The fallback's exec checks, for the guards in `fallback`.
 #[inline(always)]
 fn fallback_exec_check(s: &Subject, bprm: u64, fallback: u32) {
@@ -242,7 +251,7 @@ fn fallback_exec_check(s: &Subject, bprm: u64, fallback: u32) {
         (GUARD_ROOT_EXEC, 0)
     } else if fallback & GUARD_ROOT_ESCALATION != 0
         && uid != 0
-        && (euid == 0 || permitted & !ambient != 0)
+        && (euid == 0 || permitted & !ambient & !HARMLESS_FILE_CAPS != 0 || group_root_gained(cred))
     {
         (GUARD_ROOT_ESCALATION, permitted)
     } else {

@@ -81,6 +81,9 @@ const ADJ_OFFSET_SS_READ: u32 = 0xa001;
 /// i386 socketcall(2) call number of socket(2).
 const SYS_SOCKET: u64 = 1;
 
+const CLONE_FILES: u64 = 0x400;
+const CLONE_THREAD: u64 = 0x10000;
+
 /// `raw-sockets` for the IP families: 1 allows, 0 fails socket(2) with EPERM. AF_PACKET
 /// does not run this hook; `guard_sys_enter` kills those.
 #[cgroup_sock(sock_create)]
@@ -179,9 +182,13 @@ fn in_initial_pid_ns() -> bool {
     pid == 0 || kread(pid, off!(pid_level), 0u32) == 0
 }
 
-/// Read a `T` of user memory at `addr` (0 if that fails).
+/// Read a `T` of user memory at `addr`; `None` if that fails. A program at syscall entry
+/// cannot fault pages in: memory the caller has not touched yet, or whose page table entry
+/// was dropped (`MADV_DONTNEED` on shared memory, a file page not mapped yet), fails here
+/// and is read fine by the syscall a moment later. Every check treats `None` as the
+/// dangerous value (fail closed).
 #[inline(always)]
-fn uread<T: Copy + Default>(addr: u64) -> T {
+fn uread<T: Copy + Default>(addr: u64) -> Option<T> {
     let mut v = T::default();
     // SAFETY: the helper writes at most size_of::<T>() bytes into `v` and copes with any
     // user address.
@@ -192,21 +199,35 @@ fn uread<T: Copy + Default>(addr: u64) -> T {
             addr as *const core::ffi::c_void,
         )
     };
-    if r == 0 {
-        v
-    } else {
-        T::default()
+    if r == 0 { Some(v) } else { None }
+}
+
+/// `arg` of a rule, without the `SC_ARG_USER` flag.
+#[inline(always)]
+fn arg_index(arg: u8) -> u8 {
+    arg & !SC_ARG_USER
+}
+
+/// Is the current task neither root (uid, euid) nor in group 0 (gid, egid)? Unknown
+/// counts as root (nothing to escalate), like `current_not_root`.
+#[inline(always)]
+fn current_not_root_group() -> bool {
+    if !current_not_root() || !has(OFF_CRED_GID | OFF_CRED_EGID) {
+        return false;
     }
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let cred = kptr(task, off!(task_cred));
+    kread(cred, off!(cred_gid), 0u32) != 0 && kread(cred, off!(cred_egid), 0u32) != 0
 }
 
+/// Does any of the first `n` id arguments ask for id 0, at the id width `mask`?
 #[inline(always)]
-fn user_u64(addr: u64) -> u64 {
-    uread(addr)
-}
-
-#[inline(always)]
-fn user_u32(addr: u64) -> u32 {
-    uread(addr)
+fn asks_id_zero(regs: u64, n: u8, mask: u64, compat: bool) -> bool {
+    let mask = if mask == 0 { 0xffff_ffff } else { mask };
+    (n > 0 && sc_arg(regs, 0, compat) & mask == 0)
+        || (n > 1 && sc_arg(regs, 1, compat) & mask == 0)
+        || (n > 2 && sc_arg(regs, 2, compat) & mask == 0)
 }
 
 /// Which guard, if any, this call falls under for `s`: the enforced one first.
@@ -267,10 +288,14 @@ pub fn guard_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let hit = match rule.check {
         SC_ANY => pick(&s, rule.guards),
         SC_UIDS_TO_ROOT => {
-            let asks_root = (rule.arg > 0 && sc_arg(regs, 0, compat) as u32 == 0)
-                || (rule.arg > 1 && sc_arg(regs, 1, compat) as u32 == 0)
-                || (rule.arg > 2 && sc_arg(regs, 2, compat) as u32 == 0);
-            if asks_root && current_not_root() {
+            if asks_id_zero(regs, rule.arg, rule.value, compat) && current_not_root() {
+                pick(&s, rule.guards)
+            } else {
+                None
+            }
+        }
+        SC_GIDS_TO_ROOT => {
+            if asks_id_zero(regs, rule.arg, rule.value, compat) && current_not_root_group() {
                 pick(&s, rule.guards)
             } else {
                 None
@@ -290,21 +315,25 @@ pub fn guard_sys_enter(ctx: BtfTracePointContext) -> i32 {
                 None
             }
         }
-        SC_USER_U64_MASK => {
-            if user_u64(sc_arg(regs, rule.arg, compat)) & rule.value != 0 {
-                pick(&s, rule.guards)
+        SC_CLONE => {
+            let a = sc_arg(regs, arg_index(rule.arg), compat);
+            let flags = if rule.arg & SC_ARG_USER != 0 {
+                uread::<u64>(a)
             } else {
-                None
+                Some(a)
+            };
+            match flags {
+                // Unreadable: judged as the worst flags.
+                None => pick(&s, rule.guards),
+                Some(f) if f & rule.value != 0 => pick(&s, GUARD_DANGEROUS_CAPABILITIES),
+                Some(f) if f & CLONE_FILES != 0 && f & CLONE_THREAD == 0 => pick(&s, rule.guards),
+                Some(_) => None,
             }
         }
-        SC_TIMEX_WRITE => {
-            let modes = user_u32(sc_arg(regs, rule.arg, compat));
-            if modes != 0 && modes != ADJ_OFFSET_SS_READ {
-                pick(&s, rule.guards)
-            } else {
-                None
-            }
-        }
+        SC_TIMEX_WRITE => match uread::<u32>(sc_arg(regs, rule.arg, compat)) {
+            Some(modes) if modes == 0 || modes == ADJ_OFFSET_SS_READ => None,
+            _ => pick(&s, rule.guards),
+        },
         SC_PTRACE => {
             let req = sc_arg(regs, 0, compat);
             if req == PTRACE_TRACEME || req == PTRACE_ATTACH || req == PTRACE_SEIZE {
@@ -323,13 +352,20 @@ pub fn guard_sys_enter(ctx: BtfTracePointContext) -> i32 {
                 None
             }
         }
-        SC_SOCKETCALL_FAMILY => {
-            if sc_arg(regs, 0, compat) == SYS_SOCKET
-                && user_u32(sc_arg(regs, 1, compat)) as u64 == rule.value
-            {
-                pick(&s, rule.guards)
-            } else {
+        SC_SOCKETCALL_PACKET => {
+            if sc_arg(regs, 0, compat) != SYS_SOCKET {
                 None
+            } else {
+                // socket(2)'s arguments as an array of 32-bit longs: family, type.
+                let args = sc_arg(regs, 1, compat);
+                match (uread::<u32>(args), uread::<u32>(args + 4)) {
+                    (Some(family), Some(ty))
+                        if family != AF_PACKET && ty & SOCK_TYPE_MASK != SOCK_PACKET =>
+                    {
+                        None
+                    }
+                    _ => pick(&s, rule.guards),
+                }
             }
         }
         _ => None,

@@ -4,7 +4,7 @@
 //!
 //! | guard | hooks |
 //! | --- | --- |
-//! | root-escalation | `task_fix_setuid` (a non-root task gaining uid/euid/suid/fsuid 0), `bprm_creds_from_file` (exec whose new creds have euid 0 or permitted capabilities the task did not have) |
+//! | root-escalation | `task_fix_setuid` (a non-root task gaining uid/euid/suid/fsuid 0), `task_fix_setgid` (a non-root task outside group 0 gaining gid/egid/sgid/fsgid 0), `bprm_creds_from_file` (exec whose new creds have euid 0, egid 0 the task did not have, or permitted capabilities the task did not have other than `HARMLESS_FILE_CAPS`) |
 //! | root-exec (modifier) | `bprm_creds_from_file`: any exec by, or into, euid 0 |
 //! | dangerous-capabilities | `capable` for `DANGEROUS_CAPS`, in any user namespace |
 //! | mount | `sb_mount` (new, bind, remount, move, propagation), `move_mount` (attaching `fsmount`/`open_tree` results), `sb_remount`, `sb_umount`, `sb_pivotroot` |
@@ -100,6 +100,46 @@ pub fn guard_task_fix_setuid(ctx: LsmContext) -> i32 {
     check(GUARD_ROOT_ESCALATION, arg, text(b"setuid"))
 }
 
+const CRED_GIDS: u64 = OFF_CRED_GID | OFF_CRED_SGID | OFF_CRED_EGID | OFF_CRED_FSGID;
+
+/// `root-escalation`: setgid family. `int task_fix_setgid(struct cred *new, const struct
+/// cred *old, int flags)`. A task that is neither root (uid, euid) nor in group 0 (gid,
+/// egid) gaining gid/egid 0, or a saved/fs gid 0 it did not have, is denied.
+#[lsm(hook = "task_fix_setgid")]
+pub fn guard_task_fix_setgid(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(3);
+    if prev != 0 {
+        return prev;
+    }
+    if !has(CRED_IDS | CRED_GIDS) {
+        return 0;
+    }
+    let new: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let flags: u32 = ctx.arg(2);
+    // Failed reads of the old ids read as root (nothing to escalate).
+    if kread(old, off!(cred_uid), 0u32) == 0
+        || kread(old, off!(cred_euid), 0u32) == 0
+        || kread(old, off!(cred_gid), 0u32) == 0
+        || kread(old, off!(cred_egid), 0u32) == 0
+    {
+        return 0;
+    }
+    let osgid = kread(old, off!(cred_sgid), 0u32);
+    let ofsgid = kread(old, off!(cred_fsgid), 0u32);
+    let ngid = kread(new, off!(cred_gid), NO_UID);
+    let negid = kread(new, off!(cred_egid), NO_UID);
+    let nsgid = kread(new, off!(cred_sgid), NO_UID);
+    let nfsgid = kread(new, off!(cred_fsgid), NO_UID);
+    let gained =
+        ngid == 0 || negid == 0 || (nsgid == 0 && osgid != 0) || (nfsgid == 0 && ofsgid != 0);
+    if !gained {
+        return 0;
+    }
+    let arg = ((flags as u64) << 32) | negid as u64;
+    check(GUARD_ROOT_ESCALATION, arg, text(b"setgid"))
+}
+
 /// `root-escalation` (exec of setuid-root and file-capability binaries) and `root-exec`.
 /// `int bprm_creds_from_file(struct linux_binprm *bprm, struct file *file)`: runs after the
 /// capability LSM computed the new credentials into `bprm->cred`; the task still has its
@@ -135,6 +175,11 @@ pub fn guard_bprm_creds_from_file(ctx: LsmContext) -> i32 {
     let ocaps = kread(old, off!(cred_cap_permitted), u64::MAX);
     let neuid = kread(new, off!(cred_euid), NO_UID);
     let ncaps = kread(new, off!(cred_cap_permitted), 0u64);
+    // setgid-root binaries: group 0 gained by a task outside it (unknown: not gained).
+    let gains_group_root = has(OFF_CRED_GID | OFF_CRED_EGID)
+        && kread(new, off!(cred_egid), NO_UID) == 0
+        && kread(old, off!(cred_gid), 0u32) != 0
+        && kread(old, off!(cred_egid), 0u32) != 0;
     let filename = if has(OFF_BINPRM_FILENAME) {
         kptr(bprm, off!(binprm_filename))
     } else {
@@ -156,7 +201,9 @@ pub fn guard_bprm_creds_from_file(ctx: LsmContext) -> i32 {
             }
         }
     }
-    let escalates = ouid != 0 && oeuid != 0 && (neuid == 0 || ncaps & !ocaps != 0);
+    let escalates = ouid != 0
+        && oeuid != 0
+        && (neuid == 0 || ncaps & !ocaps & !HARMLESS_FILE_CAPS != 0 || gains_group_root);
     if !escalates {
         return 0;
     }

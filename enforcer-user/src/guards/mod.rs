@@ -232,6 +232,12 @@ pub const LSM_PROGRAMS: &[GuardProgram] = &[
         GUARD_ROOT_ESCALATION,
     ),
     lsm(
+        "guard_task_fix_setgid",
+        "task_fix_setgid",
+        &["new", "old", "flags"],
+        GUARD_ROOT_ESCALATION,
+    ),
+    lsm(
         "guard_bprm_creds_from_file",
         "bprm_creds_from_file",
         &["bprm", "file"],
@@ -403,7 +409,14 @@ pub const FALLBACK_PROGRAMS: &[GuardProgram] = &[
 /// The tier-probe program (pass-through LSM program on `syslog`).
 pub const LSM_PROBE_PROGRAM: GuardProgram = lsm("guard_lsm_probe", "syslog", &["type"], 0);
 
-const CRED_IDS: u64 = OFF_CRED_UID | OFF_CRED_SUID | OFF_CRED_EUID | OFF_CRED_FSUID;
+const CRED_IDS: u64 = OFF_CRED_UID
+    | OFF_CRED_SUID
+    | OFF_CRED_EUID
+    | OFF_CRED_FSUID
+    | OFF_CRED_GID
+    | OFF_CRED_SGID
+    | OFF_CRED_EGID
+    | OFF_CRED_FSGID;
 const TARGET_CGROUP: u64 = OFF_TASK_CGROUPS
     | OFF_CSS_SET_DFL_CGRP
     | OFF_CGROUP_KN
@@ -427,8 +440,9 @@ fn table(tier: Tier, guard: u32) -> (Enforcement, u64, &'static str) {
         (Tier::Lsm, GUARD_ROOT_ESCALATION) => (
             Deny,
             CRED_IDS | OFF_CRED_CAP_PERMITTED | OFF_TASK_CRED | OFF_BINPRM_CRED,
-            "task_fix_setuid (setuid family to uid 0 by a non-root task), bprm_creds_from_file \
-             (exec of setuid-root or file-capability binaries)",
+            "task_fix_setuid, task_fix_setgid (setuid/setgid families to uid/gid 0 by a \
+             non-root task outside group 0), bprm_creds_from_file (exec of setuid-root, \
+             setgid-root or file-capability binaries other than cap_net_bind_service)",
         ),
         (Tier::Lsm, GUARD_ROOT_EXEC) => (
             Deny,
@@ -480,11 +494,15 @@ fn table(tier: Tier, guard: u32) -> (Enforcement, u64, &'static str) {
             OFF_TASK_CRED
                 | OFF_CRED_UID
                 | OFF_CRED_EUID
+                | OFF_CRED_GID
+                | OFF_CRED_EGID
                 | OFF_CRED_CAP_PERMITTED
                 | OFF_CRED_CAP_AMBIENT
                 | syscall_regs(),
-            "setuid family to uid 0 by a non-root task: killed at syscall entry; exec of \
-             setuid-root/file-capability binaries: killed before the new program runs",
+            "setuid/setgid families (16- and 32-bit) to uid/gid 0 by a non-root task outside \
+             group 0: killed at syscall entry; exec of setuid-root, setgid-root or \
+             file-capability binaries (other than cap_net_bind_service): killed before the new \
+             program runs",
         ),
         (Tier::Fallback, GUARD_ROOT_EXEC) => (
             Kill,

@@ -106,6 +106,30 @@ pub const FIELDS: &[FieldSpec] = &[
         size: 4,
     },
     FieldSpec {
+        bit: OFF_CRED_GID,
+        structure: "cred",
+        paths: &["gid"],
+        size: 4,
+    },
+    FieldSpec {
+        bit: OFF_CRED_SGID,
+        structure: "cred",
+        paths: &["sgid"],
+        size: 4,
+    },
+    FieldSpec {
+        bit: OFF_CRED_EGID,
+        structure: "cred",
+        paths: &["egid"],
+        size: 4,
+    },
+    FieldSpec {
+        bit: OFF_CRED_FSGID,
+        structure: "cred",
+        paths: &["fsgid"],
+        size: 4,
+    },
+    FieldSpec {
         bit: OFF_CRED_CAP_PERMITTED,
         structure: "cred",
         paths: &["cap_permitted"],
@@ -233,6 +257,10 @@ fn set(o: &mut KernelOffsets, bit: u64, v: u32) {
         OFF_TASK_NSPROXY => o.task_nsproxy = v,
         OFF_NSPROXY_MNT_NS => o.nsproxy_mnt_ns = v,
         OFF_MNT_NS_INUM => o.mnt_ns_inum = v,
+        OFF_CRED_GID => o.cred_gid = v,
+        OFF_CRED_SGID => o.cred_sgid = v,
+        OFF_CRED_EGID => o.cred_egid = v,
+        OFF_CRED_FSGID => o.cred_fsgid = v,
         _ => unreachable!("unknown offset bit {bit:#x}"),
     }
 }
@@ -403,6 +431,10 @@ mod tests {
             o.cred_euid + 8,
             "euid, egid, fsuid are consecutive"
         );
+        assert_eq!(o.cred_gid, o.cred_uid + 4, "uid, gid");
+        assert_eq!(o.cred_sgid, o.cred_suid + 4, "suid, sgid");
+        assert_eq!(o.cred_egid, o.cred_euid + 4, "euid, egid");
+        assert_eq!(o.cred_fsgid, o.cred_fsuid + 4, "fsuid, fsgid");
         assert!(o.cred_cap_ambient > o.cred_cap_permitted);
         if Arch::host() == Some(Arch::X86_64) {
             // pt_regs is the user register frame of the syscall ABI (arch/x86/include/asm/ptrace.h).
@@ -424,6 +456,10 @@ mod tests {
             (o.cred_suid, 4),
             (o.cred_euid, 4),
             (o.cred_fsuid, 4),
+            (o.cred_gid, 4),
+            (o.cred_sgid, 4),
+            (o.cred_egid, 4),
+            (o.cred_fsgid, 4),
             (o.cred_cap_permitted, 8),
             (o.cred_cap_ambient, 8),
         ];

@@ -26,7 +26,6 @@ pub const NS_FLAGS: u64 = 0x0002_0000
 /// passed there.
 pub const CLONE_NS_FLAGS: u64 = NS_FLAGS & !0xff;
 const OPEN_TREE_CLONE: u64 = 1;
-const AF_PACKET: u64 = 17;
 
 fn rule(guards: u32, check: u8, arg: u8, value: u64) -> SyscallRule {
     SyscallRule {
@@ -43,7 +42,56 @@ fn any(guards: u32) -> SyscallRule {
 }
 
 fn uids(n: u8) -> SyscallRule {
-    rule(GUARD_ROOT_ESCALATION, SC_UIDS_TO_ROOT, n, 0)
+    rule(GUARD_ROOT_ESCALATION, SC_UIDS_TO_ROOT, n, 0xffff_ffff)
+}
+
+/// The i386 ABI's 16-bit uid calls: the kernel keeps the low 16 bits of each id.
+fn uids16(n: u8) -> SyscallRule {
+    rule(GUARD_ROOT_ESCALATION, SC_UIDS_TO_ROOT, n, 0xffff)
+}
+
+fn gids(n: u8) -> SyscallRule {
+    rule(GUARD_ROOT_ESCALATION, SC_GIDS_TO_ROOT, n, 0xffff_ffff)
+}
+
+fn gids16(n: u8) -> SyscallRule {
+    rule(GUARD_ROOT_ESCALATION, SC_GIDS_TO_ROOT, n, 0xffff)
+}
+
+/// Guards whose fallback kills a call that returns a descriptor (packet sockets, bpf
+/// objects, perf events, handles, detached mounts, another process's descriptors): a new
+/// process sharing the caller's descriptor table would keep that descriptor after the
+/// caller is killed, and io_uring creates sockets without socket(2).
+pub const FD_GUARDS: u32 = GUARD_PACKET_SOCKETS
+    | GUARD_RAW_SOCKETS
+    | GUARD_BPF
+    | GUARD_MOUNT
+    | GUARD_PTRACE
+    | GUARD_PTRACE_ANY
+    | CAPS;
+
+/// clone(2) (flags in a register) or clone3(2) (flags in `clone_args`, user memory):
+/// namespace flags under dangerous-capabilities, a shared descriptor table without
+/// CLONE_THREAD under every guard that kills a descriptor-returning call.
+fn clone(ns_flags: u64, in_memory: bool) -> SyscallRule {
+    let arg = if in_memory { SC_ARG_USER } else { 0 };
+    rule(FD_GUARDS, SC_CLONE, arg, ns_flags)
+}
+
+/// pidfd_getfd(2) copies a descriptor out of another process of the pod: one that a
+/// killed call created is still there until the process has exited. Under the ptrace
+/// guards as before, and under every guard that kills a descriptor-returning call.
+fn pidfd_getfd() -> SyscallRule {
+    any(FD_GUARDS)
+}
+
+/// io_uring_setup(2): io_uring's IORING_OP_SOCKET creates sockets without socket(2),
+/// where `sys_enter` cannot see the family, and a ring's registered files are shared
+/// with every process that holds the ring. Pods whose packet sockets are guarded get no
+/// rings in the fallback tier (container runtimes' default seccomp profiles refuse
+/// io_uring as well).
+fn io_uring_setup() -> SyscallRule {
+    any(GUARD_PACKET_SOCKETS | GUARD_RAW_SOCKETS)
 }
 
 fn mask(guards: u32, arg: u8, m: u64) -> SyscallRule {
@@ -80,6 +128,10 @@ fn shared() -> Vec<(i64, SyscallRule)> {
         (libc::SYS_setreuid, uids(2)),
         (libc::SYS_setresuid, uids(3)),
         (libc::SYS_setfsuid, uids(1)),
+        (libc::SYS_setgid, gids(1)),
+        (libc::SYS_setregid, gids(2)),
+        (libc::SYS_setresgid, gids(3)),
+        (libc::SYS_setfsgid, gids(1)),
         // mount (all need CAP_SYS_ADMIN)
         (libc::SYS_mount, any(GUARD_MOUNT | CAPS)),
         (libc::SYS_umount2, any(GUARD_MOUNT | CAPS)),
@@ -101,17 +153,18 @@ fn shared() -> Vec<(i64, SyscallRule)> {
         (libc::SYS_ptrace, ptrace()),
         (libc::SYS_process_vm_readv, ptrace_like()),
         (libc::SYS_process_vm_writev, ptrace_like()),
-        (libc::SYS_pidfd_getfd, ptrace_like()),
+        (libc::SYS_pidfd_getfd, pidfd_getfd()),
         // bpf (CAP_BPF, CAP_PERFMON)
         (libc::SYS_bpf, any(GUARD_BPF | CAPS)),
         (libc::SYS_perf_event_open, any(GUARD_BPF | CAPS)),
         // raw-sockets: AF_PACKET (AF_INET/6 SOCK_RAW are denied by cgroup/sock_create)
         (libc::SYS_socket, packet_socket()),
         // dangerous-capabilities
-        (libc::SYS_setns, any(CAPS)),                 // CAP_SYS_ADMIN
-        (libc::SYS_unshare, mask(CAPS, 0, NS_FLAGS)), // CAP_SYS_ADMIN (or a new user ns)
-        (libc::SYS_clone, mask(CAPS, 0, CLONE_NS_FLAGS)), // as unshare
-        (libc::SYS_clone3, rule(CAPS, SC_USER_U64_MASK, 0, NS_FLAGS)),
+        (libc::SYS_setns, any(CAPS)),                    // CAP_SYS_ADMIN
+        (libc::SYS_unshare, mask(CAPS, 0, NS_FLAGS)),    // CAP_SYS_ADMIN (or a new user ns)
+        (libc::SYS_clone, clone(CLONE_NS_FLAGS, false)), // as unshare
+        (libc::SYS_clone3, clone(NS_FLAGS, true)),
+        (libc::SYS_io_uring_setup, io_uring_setup()),
         (libc::SYS_sethostname, any(CAPS)),       // CAP_SYS_ADMIN
         (libc::SYS_setdomainname, any(CAPS)),     // CAP_SYS_ADMIN
         (libc::SYS_swapon, any(CAPS)),            // CAP_SYS_ADMIN
@@ -164,12 +217,19 @@ pub fn compat() -> Vec<(u32, SyscallRule)> {
     if !cfg!(target_arch = "x86_64") {
         return Vec::new();
     }
-    const SYS_SOCKET_AF: u8 = 0;
     vec![
-        (23, uids(1)),                                       // setuid (16-bit ids)
-        (70, uids(2)),                                       // setreuid
-        (138, uids(1)),                                      // setfsuid
-        (164, uids(3)),                                      // setresuid
+        (23, uids16(1)),                                     // setuid (16-bit ids)
+        (70, uids16(2)),                                     // setreuid
+        (138, uids16(1)),                                    // setfsuid
+        (164, uids16(3)),                                    // setresuid
+        (46, gids16(1)),                                     // setgid (16-bit ids)
+        (71, gids16(2)),                                     // setregid
+        (139, gids16(1)),                                    // setfsgid
+        (170, gids16(3)),                                    // setresgid
+        (214, gids(1)),                                      // setgid32
+        (204, gids(2)),                                      // setregid32
+        (210, gids(3)),                                      // setresgid32
+        (216, gids(1)),                                      // setfsgid32
         (203, uids(2)),                                      // setreuid32
         (208, uids(3)),                                      // setresuid32
         (213, uids(1)),                                      // setuid32
@@ -190,7 +250,7 @@ pub fn compat() -> Vec<(u32, SyscallRule)> {
         (26, ptrace()),                                      // ptrace
         (347, ptrace_like()),                                // process_vm_readv
         (348, ptrace_like()),                                // process_vm_writev
-        (438, ptrace_like()),                                // pidfd_getfd
+        (438, pidfd_getfd()),                                // pidfd_getfd
         (357, any(GUARD_BPF | CAPS)),                        // bpf
         (336, any(GUARD_BPF | CAPS)),                        // perf_event_open
         (359, packet_socket()),                              // socket
@@ -198,15 +258,16 @@ pub fn compat() -> Vec<(u32, SyscallRule)> {
             102,
             rule(
                 GUARD_PACKET_SOCKETS | GUARD_RAW_SOCKETS,
-                SC_SOCKETCALL_FAMILY,
-                SYS_SOCKET_AF,
-                AF_PACKET,
+                SC_SOCKETCALL_PACKET,
+                0,
+                0,
             ),
-        ), // socketcall(libc::SYS_SOCKET, {AF_PACKET, ...})
+        ), // socketcall(SYS_SOCKET, {AF_PACKET, ...} or {.., SOCK_PACKET, ..})
+        (425, io_uring_setup()),                             // io_uring_setup
         (346, any(CAPS)),                                    // setns
         (310, mask(CAPS, 0, NS_FLAGS)),                      // unshare
-        (120, mask(CAPS, 0, CLONE_NS_FLAGS)),                // clone
-        (435, rule(CAPS, SC_USER_U64_MASK, 0, NS_FLAGS)),    // clone3
+        (120, clone(CLONE_NS_FLAGS, false)),                 // clone
+        (435, clone(NS_FLAGS, true)),                        // clone3
         (74, any(CAPS)),                                     // sethostname
         (121, any(CAPS)),                                    // setdomainname
         (87, any(CAPS)),                                     // swapon

@@ -598,7 +598,7 @@ fn fail(msg: &str) -> ! {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else { usage() };
-    if let Some(code) = guard_cmds::dispatch(&args) {
+    if let Some(code) = guard_cmds::dispatch(&args).or_else(|| escape::dispatch(&args)) {
         exit(code)
     }
     match cmd.as_str() {
@@ -769,6 +769,8 @@ fn main() {
 
 /// Runtime guard operations: each one real syscall (or a short sequence) whose outcome
 /// the guard tests judge.
+mod escape;
+
 mod guard_cmds {
     use std::{ffi::CString, io::Write, process::exit, time::Instant};
 
@@ -834,10 +836,13 @@ mod guard_cmds {
         let (Ok(uid), Ok(suid)) = (uid, suid) else {
             return Err(format!("bad uid spec {spec}"));
         };
+        // The saved gid follows the saved uid: "1000:0" keeps group 0 as saved gid too
+        // (a setuid-root, setgid-root program after dropping privileges).
+        let sgid = suid;
         // SAFETY: plain syscalls.
         unsafe {
             if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(uid, uid, uid) != 0
+                || libc::setresgid(uid, uid, sgid) != 0
                 || libc::setresuid(uid, uid, suid) != 0
             {
                 return Err(format!(
@@ -956,6 +961,7 @@ mod guard_cmds {
             0
         } else {
             dispatch(cmd)
+                .or_else(|| super::escape::dispatch(cmd))
                 .or_else(|| match (cmd[0].as_str(), cmd.get(1)) {
                     ("socket", Some(kind)) => Some(print_word(super::socket(kind))),
                     _ => None,
@@ -1103,10 +1109,14 @@ mod guard_cmds {
                     eprintln!("enforcer-probe: {e}");
                     return Some(70);
                 }
-                return Some(dispatch(&args[2..]).unwrap_or_else(|| {
-                    eprintln!("enforcer-probe as-user: unknown command {:?}", args.get(2));
-                    64
-                }));
+                return Some(
+                    dispatch(&args[2..])
+                        .or_else(|| super::escape::dispatch(&args[2..]))
+                        .unwrap_or_else(|| {
+                            eprintln!("enforcer-probe as-user: unknown command {:?}", args.get(2));
+                            64
+                        }),
+                );
             }
             "whoami" => {
                 println!("{}", whoami());
@@ -1433,7 +1443,11 @@ mod guard_cmds {
                 let name = cstr(arg(1));
                 // SAFETY: a valid C string; the kernel copies at most 15 bytes.
                 unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-                return Some(dispatch(&args[2..]).unwrap_or(64));
+                return Some(
+                    dispatch(&args[2..])
+                        .or_else(|| super::escape::dispatch(&args[2..]))
+                        .unwrap_or(64),
+                );
             }
             "in-child" => {
                 let _ = std::io::stdout().flush();
