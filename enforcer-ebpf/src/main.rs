@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 #![allow(static_mut_refs)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod endpoint;
 mod guards;

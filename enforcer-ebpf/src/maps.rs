@@ -101,7 +101,23 @@ pub fn config() -> Option<&'static Config> {
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, programs do not migrate CPUs while running.
-        unsafe { *p += 1 };
+        // An atomic add, although the slot is this CPU's: programs do not migrate while
+        // they run, but they do interleave on one CPU. A cgroup skb program in the
+        // network softirq can interrupt a socket or LSM program of the task between the
+        // load and the store of a plain `+= 1`, and on preemptible kernels two task-context
+        // programs can preempt each other; either would lose an increment.
+        // (core has no atomic read-modify-write for the BPF target: the instruction is
+        // written out.)
+        #[cfg(target_arch = "bpf")]
+        // SAFETY: `p` points to this CPU's u64 slot of the map value, valid and aligned for
+        // the program's run; BPF_ATOMIC BPF_ADD on it.
+        unsafe {
+            core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) 1u64);
+        }
+        #[cfg(not(target_arch = "bpf"))]
+        // SAFETY: as above.
+        unsafe {
+            *p += 1
+        };
     }
 }

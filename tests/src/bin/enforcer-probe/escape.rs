@@ -188,15 +188,15 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
         }
         // i386 socketcall(SYS_SOCKET, {family, type, protocol}).
         "compat-socket" => {
-            let (fam, ty) = match a1 {
-                "packet" => (libc::AF_PACKET, libc::SOCK_RAW),
-                "packet-inet" => (libc::AF_INET, SOCK_PACKET),
-                _ => (libc::AF_INET, libc::SOCK_STREAM),
+            let (fam, ty, proto) = match a1 {
+                "packet" => (libc::AF_PACKET, libc::SOCK_RAW, ETH_P_ALL_BE),
+                "packet-inet" => (libc::AF_INET, SOCK_PACKET, ETH_P_ALL_BE),
+                _ => (libc::AF_INET, libc::SOCK_STREAM, 0),
             };
             let mut bytes = [0u8; 12];
             bytes[..4].copy_from_slice(&(fam as u32).to_ne_bytes());
             bytes[4..8].copy_from_slice(&(ty as u32).to_ne_bytes());
-            bytes[8..].copy_from_slice(&(ETH_P_ALL_BE as u32).to_ne_bytes());
+            bytes[8..].copy_from_slice(&(proto as u32).to_ne_bytes());
             let p = if paged {
                 paged_out(&bytes, true)
             } else {
