@@ -191,6 +191,14 @@ fn raise_memlock() {
 }
 
 /// The loaded kernel side.
+/// What [`Datapath::arm_running_below`] did.
+#[derive(Debug, Default)]
+pub struct ArmScan {
+    pub armed: Vec<PathBuf>,
+    /// Containers in set-up, left to their own exec (scan again after the grace).
+    pub deferred: Vec<PathBuf>,
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
     /// `<instance>/v<ABI>` when pinning.
@@ -821,48 +829,29 @@ impl Datapath {
         })
     }
 
-    /// Arm every cgroup below `root` (not `root` itself) that has processes now, except
-    /// those where a container runtime is still setting a container up (every process is
-    /// named `runc:[...]` or `crun`): for the agent's start-up, when containers were
-    /// started before the exec tracepoint was attached. A runtime process next to others
-    /// is an exec session (`kubectl exec`) in a running container, which is armed: a
-    /// runtime task that entered after the exemption programs were attached is exempt
-    /// (see `enforcer-ebpf/src/guards/exempt.rs`). Returns the cgroups armed.
-    pub fn arm_running_below(&mut self, root: &Path) -> Result<Vec<PathBuf>, BpfError> {
-        let mut armed = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(_) => continue,
-            };
-            for e in entries.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push(e.path());
-                }
-            }
-            if dir == root {
+    /// Arm every populated cgroup below `root` (not `root` itself) except containers a
+    /// runtime is still setting up (`guards::arming`, judged with `grace`): for the
+    /// agent's start-up, when containers were started before the exec tracepoint was
+    /// attached. Returns the cgroups armed and those deferred (in set-up), which the
+    /// caller scans again once `grace` has passed.
+    pub fn arm_running_below(
+        &mut self,
+        root: &Path,
+        grace: std::time::Duration,
+    ) -> Result<ArmScan, BpfError> {
+        let mut scan = ArmScan::default();
+        for p in crate::guards::arming::populated_below(root, grace) {
+            if p.in_setup {
+                scan.deferred.push(p.path);
                 continue;
             }
-            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<&str> = procs.split_whitespace().collect();
-            if pids.is_empty() {
-                continue;
-            }
-            let in_setup = pids.iter().all(|pid| {
-                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                comm.starts_with("runc:") || comm.trim() == "crun"
-            });
-            if in_setup {
-                continue;
-            }
-            let Ok(id) = crate::cgroup::cgroup_id(&dir) else {
+            let Ok(id) = crate::cgroup::cgroup_id(&p.path) else {
                 continue;
             };
             self.arm_cgroup(id)?;
-            armed.push(dir);
+            scan.armed.push(p.path);
         }
-        Ok(armed)
+        Ok(scan)
     }
 
     fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T, BpfError>

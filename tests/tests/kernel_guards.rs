@@ -457,7 +457,10 @@ fn fallback_pinned_guards_outlive_the_agent_and_arm_running_containers() {
         0,
         "not armed yet"
     );
-    let armed = dp.arm_running_below(&root.path).unwrap();
+    let armed = dp
+        .arm_running_below(&root.path, guards::arming::SETUP_GRACE)
+        .unwrap()
+        .armed;
     assert_eq!(
         armed,
         vec![running.path.clone()],
@@ -702,14 +705,47 @@ fn fallback_agent_arming_skips_only_containers_in_set_up() {
     for c in [&creating, &running] {
         p.dp.disarm_cgroup(c.id()).unwrap();
     }
-    let armed = p.dp.arm_running_below(&p.root.path).unwrap();
+    let scan =
+        p.dp.arm_running_below(&p.root.path, guards::arming::SETUP_GRACE)
+            .unwrap();
     assert!(
-        !armed.contains(&creating.path),
-        "a container in set-up stays unarmed: {armed:?}"
+        !scan.armed.contains(&creating.path) && scan.deferred.contains(&creating.path),
+        "a container in set-up stays unarmed, deferred: {scan:?}"
     );
     assert!(
-        armed.contains(&running.path),
-        "a running container with an exec session is armed: {armed:?}"
+        scan.armed.contains(&running.path),
+        "a running container with an exec session is armed: {scan:?}"
+    );
+}
+
+#[test]
+fn fallback_agent_arming_not_fooled_by_a_runtime_name() {
+    let test = "fallback_agent_arming_not_fooled_by_a_runtime_name";
+    let Some(mut p) = pods(test, GUARD_SYSCTL_WRITE) else {
+        return;
+    };
+    // A workload that was running before the agent and calls itself what runc's init
+    // calls itself (prctl(PR_SET_NAME) needs no privilege).
+    let fake = p.guarded.child("ctr-renamed");
+    let _w = Bg::spawn(at(&fake), &["comm", "runc:[2:INIT]", "sleep", "60000"]);
+    p.dp.disarm_cgroup(fake.id()).unwrap();
+    // Within the set-up grace it is given the benefit of the doubt...
+    let grace = std::time::Duration::from_secs(2);
+    let scan = p.dp.arm_running_below(&p.root.path, grace).unwrap();
+    assert!(scan.deferred.contains(&fake.path), "{scan:?}");
+    assert_eq!(run_forked_in(&fake.path, write_sysctl), 0, "not armed yet");
+    // ...and the scan the agent makes once the grace has passed arms it: a runtime would
+    // long have exec'd the workload.
+    std::thread::sleep(grace + std::time::Duration::from_millis(300));
+    let scan = p.dp.arm_running_below(&p.root.path, grace).unwrap();
+    assert!(
+        scan.armed.contains(&fake.path),
+        "a renamed workload older than the grace is armed: {scan:?}"
+    );
+    assert_eq!(
+        run_forked_in(&fake.path, write_sysctl),
+        1,
+        "the renamed workload's cgroup is guarded"
     );
 }
 

@@ -29,7 +29,7 @@ use tokio::sync::broadcast;
 use crate::{
     bpf::Datapath,
     cgroup::{Cgroup2Mount, cgroup_id},
-    guards::Tier,
+    guards::{self, Tier},
     kubelet,
     policy::{
         CompileInput, Compiler, Desired,
@@ -799,14 +799,27 @@ fn start_guards(
              (kubectl exec, exec probes) into guarded pods are guarded like the workload"
         );
     }
-    match dp.arm_running_below(root) {
-        Ok(armed) if !armed.is_empty() => {
-            tracing::info!("armed {} running container cgroups", armed.len())
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("arming running containers: {e:#}"),
-    }
+    arm_running(dp, root, "");
     Ok(GuardsStarted::On)
+}
+
+/// Arm the containers that run below `root` (`guards::arming`), and say what was done.
+fn arm_running(dp: &mut Datapath, root: &Path, when: &str) {
+    match dp.arm_running_below(root, guards::arming::SETUP_GRACE) {
+        Ok(scan) => {
+            if !scan.armed.is_empty() {
+                tracing::info!("armed {} running container cgroups{when}", scan.armed.len());
+            }
+            for d in &scan.deferred {
+                tracing::info!(
+                    "container in set-up, left to its workload's exec (checked again in {:?}): {}",
+                    guards::arming::SETUP_GRACE,
+                    d.display()
+                );
+            }
+        }
+        Err(e) => tracing::warn!("arming running containers{when}: {e:#}"),
+    }
 }
 
 /// What [`start_guards`] achieved.
@@ -1019,9 +1032,16 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Kernel counters reach /metrics once a second (a handful of per-CPU array reads).
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Containers that looked like a runtime's set-up at start are checked once more when
+    // the grace has passed (`guards::arming`).
+    let mut rearm_at = guards_on.then(|| Instant::now() + guards::arming::SETUP_GRACE);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if rearm_at.is_some_and(|t| Instant::now() >= t) {
+                    rearm_at = None;
+                    arm_running(&mut rec.dp, &kubepods.path, " after the set-up grace");
+                }
                 rec.export_counters();
                 rec.report_unclassified();
                 // Node addresses come and go (DHCP, IPVS ClusterIPs, NodeLocal DNSCache):

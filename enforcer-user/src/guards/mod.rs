@@ -22,6 +22,7 @@
 //! Which guards a pod gets is decided elsewhere (Pod Security labels, RuntimePolicy) and
 //! written as `Endpoint::guards_enforce` / `guards_audit`.
 
+pub mod arming;
 pub mod btf;
 pub mod offsets;
 pub mod syscalls;
