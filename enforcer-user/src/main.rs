@@ -16,9 +16,12 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum UnclassifiedArg {
-    /// Traffic of pod cgroups not yet classified is dropped until their policy is programmed.
+    /// Traffic of pod cgroups not yet classified is dropped until their policy is
+    /// programmed, and (with runtime guards on) they get the strictest guard set
+    /// (restricted) from their first exec until they are classified.
     Deny,
-    /// Such traffic passes (a window of no enforcement while pods start).
+    /// Such traffic passes and such pods are not guarded (a window of no enforcement while
+    /// pods start).
     Allow,
 }
 

@@ -153,6 +153,16 @@ pub fn report(instance: &Path) -> String {
             cfg.flags & CFG_NET_AUDIT != 0,
             cfg.policy_revision
         );
+        let g = crate::guards::names_of(cfg.unclassified_guards);
+        let _ = writeln!(
+            out,
+            "  unclassified: guards {}",
+            if g.is_empty() {
+                "none".to_string()
+            } else {
+                g.join(", ")
+            }
+        );
     }
     let n = |v: Option<usize>| v.map_or("?".to_string(), |n| n.to_string());
     let _ = writeln!(

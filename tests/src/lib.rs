@@ -447,6 +447,35 @@ pub fn probe_run_as(place: Place<'_>, uid: u32, args: &[&str]) -> ProbeRun {
     probe_run_cmd(cmd)
 }
 
+/// Forked-child operation (`run_forked_in`): write back the value the host's
+/// `net.ipv4.ip_unprivileged_port_start` already has (no change). 0 written, 1 EPERM, 2 other failure.
+pub fn write_sysctl_same_value() -> i32 {
+    const PATH: &[u8] = b"/proc/sys/net/ipv4/ip_unprivileged_port_start\0";
+    // SAFETY: raw syscalls on a static path and a stack buffer.
+    unsafe {
+        let fd = libc::open(PATH.as_ptr().cast(), libc::O_RDWR);
+        if fd < 0 {
+            return 2;
+        }
+        let mut buf = [0u8; 16];
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        if n <= 0 {
+            return 2;
+        }
+        libc::lseek(fd, 0, libc::SEEK_SET);
+        let w = libc::write(fd, buf.as_ptr().cast(), n as usize);
+        let errno = *libc::__errno_location();
+        libc::close(fd);
+        if w == n {
+            0
+        } else if errno == libc::EPERM {
+            1
+        } else {
+            2
+        }
+    }
+}
+
 /// A process that joins `cgroup` *without* exec'ing (a forked child of the test) and runs
 /// `op`, returning its result as exit status: what a container runtime does before it
 /// execs the entrypoint. It moves itself into the cgroup, so it is not exempt: in an armed

@@ -290,3 +290,58 @@ spec:
         Some(1.0)
     );
 }
+
+/// A pod cgroup that exists before the agent knows its pod (a missed or late API event)
+/// gets the strictest guards from its first exec on, and the runtime's set-up before that
+/// exec still works: container start is not broken.
+#[test]
+fn unclassified_pod_cgroups_get_the_strictest_guards_from_their_first_exec() {
+    let Some(node) = node(
+        "unclassified_pod_cgroups_get_the_strictest_guards_from_their_first_exec",
+        73,
+    ) else {
+        return;
+    };
+    let agent = node.start_agent(&[]);
+    let stray = node.kubepods.join(
+        "kubepods-burstable.slice/kubepods-burstable-pod6b6b6b6b_0000_4000_8000_000000000073.slice/\
+         cri-containerd-6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b.scope",
+    );
+    std::fs::create_dir_all(&stray).unwrap();
+    let cg = enforcer_tests::Cgroup::borrowed(&stray);
+    // The runtime's set-up (no exec yet in the cgroup): a sysctl write passes. The value
+    // written back is the one the host has (the stray cgroup has no network namespace).
+    let current = std::fs::read_to_string(KEY).unwrap().trim().to_string();
+    assert_eq!(
+        enforcer_tests::run_forked_in(&stray, enforcer_tests::write_sysctl_same_value),
+        0,
+        "container set-up before the first exec must not be guarded"
+    );
+    // From the workload's exec on: restricted, whatever its pod turns out to be.
+    let at = enforcer_tests::guard_pods::at(&cg);
+    let r = probe_run(at, &["write-file", KEY, &current]);
+    assert_eq!(
+        r.word(),
+        "eperm",
+        "sysctl-write in an unclassified pod: {r:?}"
+    );
+    let r = probe_run(at, &["as-user", "1000:0", "setuid", "0"]);
+    assert!(r.killed(), "root-escalation in an unclassified pod: {r:?}");
+    let out = std::process::Command::new(enforcer_tests::sim::agent_bin())
+        .args(["status", "--bpffs"])
+        .arg(&agent.bpffs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("unclassified: guards root-escalation") && text.contains("packet-sockets"),
+        "{text}"
+    );
+    // Classified pods keep their own level: open/p (no labels) is not guarded.
+    let r = probe_run(
+        place(&node, "open/p"),
+        &["as-user", "1000:0", "setuid", "0"],
+    );
+    assert!(!r.killed(), "{r:?}");
+    std::fs::remove_dir(&stray).unwrap();
+}

@@ -155,7 +155,10 @@ fn pods_are_enforced_when_their_cgroup_and_manifest_appear() {
     ) else {
         return;
     };
-    let agent = node.start_agent(&[]);
+    // Runtime guards off: an unclassified pod also gets the restricted guards, under which
+    // the root probe's exec would be killed (agent_guards tests that); this test is about
+    // its traffic.
+    let agent = node.start_agent(&["--runtime-guards", "off"]);
     // A pod the agent has not classified (its cgroup exists, no manifest yet): denied by
     // default, both ways.
     node.add_pod(PodSpec::new("x", "late", true));
@@ -410,7 +413,8 @@ fn restarted_agent_in_a_fresh_pod_cgroup_is_not_locked_out() {
     ) else {
         return;
     };
-    let mut first = node.start_agent(&[]);
+    // Runtime guards off: see pods_are_enforced_when_their_cgroup_and_manifest_appear.
+    let mut first = node.start_agent(&["--runtime-guards", "off"]);
     first.stop();
     let own = node.kubepods.join(
         "kubepods-burstable.slice/kubepods-burstable-pod5f0c3a2e_1d4b_4e8f_9a6c_2b7d8e9f0a1b.slice/\
@@ -418,7 +422,7 @@ fn restarted_agent_in_a_fresh_pod_cgroup_is_not_locked_out() {
     );
     std::fs::create_dir_all(&own).unwrap();
     // Ready means its health port answered through the attached programs.
-    let second = node.start_agent_in(&first.bpffs, &own, &[]);
+    let second = node.start_agent_in(&first.bpffs, &own, &["--runtime-guards", "off"]);
     assert!(
         second.log_text().contains("is exempt from pod policy"),
         "{}",

@@ -453,7 +453,7 @@ fn fallback_pinned_guards_outlive_the_agent_and_arm_running_containers() {
     // The running container's cgroup never saw an exec since: not armed until the agent
     // arms what is running.
     assert_eq!(
-        run_forked_in(&running.path, write_sysctl),
+        run_forked_in(&running.path, write_sysctl_same_value),
         0,
         "not armed yet"
     );
@@ -467,7 +467,7 @@ fn fallback_pinned_guards_outlive_the_agent_and_arm_running_containers() {
         "only the populated cgroup"
     );
     assert_eq!(
-        run_forked_in(&running.path, write_sysctl),
+        run_forked_in(&running.path, write_sysctl_same_value),
         1,
         "armed by the agent"
     );
@@ -483,46 +483,17 @@ fn fallback_pinned_guards_outlive_the_agent_and_arm_running_containers() {
     }
     drop(dp);
     assert_eq!(
-        run_forked_in(&running.path, write_sysctl),
+        run_forked_in(&running.path, write_sysctl_same_value),
         1,
         "after the agent exited"
     );
     // Uninstall detaches.
     enforcer::bpf::uninstall(&bpffs).unwrap();
     assert_eq!(
-        run_forked_in(&running.path, write_sysctl),
+        run_forked_in(&running.path, write_sysctl_same_value),
         0,
         "after uninstall"
     );
-}
-
-/// Forked-child operation: write back the value the host's sysctl already has (no
-/// change). 0 written, 1 EPERM, 2 other failure.
-fn write_sysctl() -> i32 {
-    const PATH: &[u8] = b"/proc/sys/net/ipv4/ip_unprivileged_port_start\0";
-    // SAFETY: raw syscalls on a static path and a stack buffer.
-    unsafe {
-        let fd = libc::open(PATH.as_ptr().cast(), libc::O_RDWR);
-        if fd < 0 {
-            return 2;
-        }
-        let mut buf = [0u8; 16];
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        if n <= 0 {
-            return 2;
-        }
-        libc::lseek(fd, 0, libc::SEEK_SET);
-        let w = libc::write(fd, buf.as_ptr().cast(), n as usize);
-        let errno = *libc::__errno_location();
-        libc::close(fd);
-        if w == n {
-            0
-        } else if errno == libc::EPERM {
-            1
-        } else {
-            2
-        }
-    }
 }
 
 #[test]
@@ -535,7 +506,7 @@ fn fallback_arming_waits_for_exec() {
     let fresh = p.guarded.child("ctr-fresh");
     assert!(!p.is_armed(fresh.id()), "a new cgroup is not armed");
     assert_eq!(
-        run_forked_in(&fresh.path, write_sysctl),
+        run_forked_in(&fresh.path, write_sysctl_same_value),
         0,
         "before any exec"
     );
@@ -544,7 +515,7 @@ fn fallback_arming_waits_for_exec() {
     assert_eq!(probe_run(at(&fresh), &["whoami"]).code, Some(0));
     assert!(p.is_armed(fresh.id()), "armed by the exec");
     assert_eq!(
-        run_forked_in(&fresh.path, write_sysctl),
+        run_forked_in(&fresh.path, write_sysctl_same_value),
         1,
         "after the exec: EPERM"
     );
@@ -554,12 +525,16 @@ fn fallback_arming_waits_for_exec() {
     let other = p.guarded.child("ctr-agent");
     p.dp.arm_cgroup(other.id()).unwrap();
     assert_eq!(
-        run_forked_in(&other.path, write_sysctl),
+        run_forked_in(&other.path, write_sysctl_same_value),
         1,
         "armed by the agent"
     );
     assert!(p.dp.disarm_cgroup(other.id()).unwrap());
-    assert_eq!(run_forked_in(&other.path, write_sysctl), 0, "disarmed");
+    assert_eq!(
+        run_forked_in(&other.path, write_sysctl_same_value),
+        0,
+        "disarmed"
+    );
     // Nothing outside the root is ever armed, exec or not.
     assert_eq!(probe_run(at(&p.outside), &["whoami"]).code, Some(0));
     assert!(!p.is_armed(p.outside.id()));
@@ -733,7 +708,11 @@ fn fallback_agent_arming_not_fooled_by_a_runtime_name() {
     let grace = std::time::Duration::from_secs(2);
     let scan = p.dp.arm_running_below(&p.root.path, grace).unwrap();
     assert!(scan.deferred.contains(&fake.path), "{scan:?}");
-    assert_eq!(run_forked_in(&fake.path, write_sysctl), 0, "not armed yet");
+    assert_eq!(
+        run_forked_in(&fake.path, write_sysctl_same_value),
+        0,
+        "not armed yet"
+    );
     // ...and the scan the agent makes once the grace has passed arms it: a runtime would
     // long have exec'd the workload.
     std::thread::sleep(grace + std::time::Duration::from_millis(300));
@@ -743,7 +722,7 @@ fn fallback_agent_arming_not_fooled_by_a_runtime_name() {
         "a renamed workload older than the grace is armed: {scan:?}"
     );
     assert_eq!(
-        run_forked_in(&fake.path, write_sysctl),
+        run_forked_in(&fake.path, write_sysctl_same_value),
         1,
         "the renamed workload's cgroup is guarded"
     );

@@ -803,6 +803,30 @@ fn start_guards(
     Ok(GuardsStarted::On)
 }
 
+/// Guards for pod cgroups no endpoint classifies (`Config::unclassified_guards`).
+///
+/// With `--unclassified deny`: packet sockets, since such pods are cut off from the
+/// network and must not go around that (unless NetworkPolicy is only audited), and, once
+/// the first snapshot is programmed (`classified_all`) and runtime guards are on, the
+/// strictest Pod Security set (restricted): a pod whose cgroup appears before the agent
+/// knows it is guarded at least as strictly as any level that could apply to it, from its
+/// first exec (the runtime's set-up before that exec is not guarded, see
+/// `enforcer-ebpf/src/guards.rs`). Before the first snapshot every running pod is
+/// unclassified, privileged ones included: the strict set would hit them all.
+fn unclassified_guards(opts: &Options, classified_all: bool) -> u32 {
+    if opts.unclassified != Unclassified::Deny {
+        return 0;
+    }
+    let mut g = 0;
+    if !opts.network_audit {
+        g |= GUARD_PACKET_SOCKETS;
+    }
+    if classified_all && opts.guards != GuardsMode::Off {
+        g |= crate::runtime_policy::RESTRICTED;
+    }
+    g
+}
+
 /// Arm the containers that run below `root` (`guards::arming`), and say what was done.
 fn arm_running(dp: &mut Datapath, root: &Path, when: &str) {
     match dp.arm_running_below(root, guards::arming::SETUP_GRACE) {
@@ -927,13 +951,9 @@ pub async fn run(opts: Options) -> Result<()> {
         policy_revision: previous.policy_revision.wrapping_add(1),
         ct_timeout_tcp_s: 6 * 3600,
         ct_timeout_other_s: 120,
-        // Unclassified pods are cut off from the network (deny): nor may they go around
-        // that with packet sockets.
-        unclassified_guards: if opts.unclassified == Unclassified::Deny && !opts.network_audit {
-            GUARD_PACKET_SOCKETS
-        } else {
-            0
-        },
+        // Until the first snapshot is programmed every pod is unclassified: only the
+        // network part applies then (see `unclassified_guards`).
+        unclassified_guards: unclassified_guards(&opts, false),
     };
     dp.set_config(&config)?;
     let ring = dp.take_events()?;
@@ -1015,6 +1035,16 @@ pub async fn run(opts: Options) -> Result<()> {
     rec.dp
         .attach_network(&kubepods.path)
         .context("attaching network programs")?;
+    if guards_on {
+        rec.config.unclassified_guards = unclassified_guards(&opts, true);
+        rec.dp
+            .set_config(&rec.config)
+            .context("guarding unclassified pod cgroups")?;
+        tracing::info!(
+            "pod cgroups not classified yet get the runtime guards: {}",
+            guards::names_of(rec.config.unclassified_guards).join(", ")
+        );
+    }
     if let GuardsStarted::Failed(why) = &guards_started {
         tracing::error!("not ready: the runtime guards requested are not attached: {why}");
     } else {
