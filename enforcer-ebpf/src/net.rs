@@ -192,14 +192,18 @@ fn parse(ctx: &SkBuffContext, f: &mut Flow) -> Option<()> {
     Some(())
 }
 
-/// A loopback destination of a socket call (127.0.0.0/8, ::1, their IPv4-mapped forms).
-/// Only for socket hooks: the socket chose it, so it goes through the loopback device.
+/// A destination of a socket call that can only reach the pod's own network namespace:
+/// loopback (127.0.0.0/8, ::1) and the unspecified address (0.0.0.0, ::), which the kernel
+/// routes to the local host as a connect or send destination; with their IPv4-mapped forms.
+/// Only for socket hooks: the socket chose it, so it goes through the loopback device
+/// (the packet hooks see ifindex 1).
 #[inline(always)]
 fn is_loopback(a: &[u8; 16]) -> bool {
-    // ::1
-    let v6 = a[..15].iter().all(|b| *b == 0) && a[15] == 1;
-    // ::ffff:127.0.0.0/8
-    let v4 = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+    // ::1 and ::
+    let v6 = a[..15].iter().all(|b| *b == 0) && (a[15] == 1 || a[15] == 0);
+    let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+    // ::ffff:127.0.0.0/8 and ::ffff:0.0.0.0
+    let v4 = mapped && (a[12] == 127 || a[12..].iter().all(|b| *b == 0));
     v6 || v4
 }
 

@@ -697,6 +697,42 @@ impl Datapath {
         })
     }
 
+    /// Hand `guards` over to the fallback programs (the LSM tier's programs for them did
+    /// not prove to work, see the agent's self-test): their syscall rules are written, the
+    /// fallback programs they need are attached. Returns the guards the fallback tier took
+    /// (those it can serve on this kernel).
+    pub fn demote_to_fallback(&mut self, cgroup: &Path, guards: u32) -> Result<u32, BpfError> {
+        let btf = Btf::from_sys_fs().map_err(BpfError::Btf)?;
+        let took = guards & guards::available(Tier::Fallback, &self.offsets);
+        let mut gc = self.guard_config()?;
+        gc.fallback_guards |= took;
+        self.set_guard_config(&gc)?;
+        self.write_syscall_rules(gc.fallback_guards)?;
+        for p in guards::FALLBACK_PROGRAMS {
+            if p.guards & gc.fallback_guards != 0 {
+                self.attach_guard_program(p, Some(cgroup), &btf)?;
+            }
+        }
+        Ok(took)
+    }
+
+    /// The guard settings (`GUARD_CONFIG`).
+    pub fn guard_config(&mut self) -> Result<GuardConfig, BpfError> {
+        let map = self.map_mut(map_names::GUARD_CONFIG)?;
+        let arr: Array<&mut MapData, GuardConfig> =
+            Array::try_from(map).map_err(map_err(map_names::GUARD_CONFIG))?;
+        arr.get(&0, 0).map_err(map_err(map_names::GUARD_CONFIG))
+    }
+
+    /// For tests: make the fallback tier stop enforcing `guards` while every report still
+    /// says they are enforced (their syscall rules are dropped), as a broken kernel or a
+    /// bug would. The agent's self-test must notice.
+    #[doc(hidden)]
+    pub fn break_fallback_guards(&mut self, guards: u32) -> Result<(), BpfError> {
+        let gc = self.guard_config()?;
+        self.write_syscall_rules(gc.fallback_guards & !guards)
+    }
+
     /// Detach one guard program this process attached (and unpin it). Returns whether it
     /// was attached. For measurements and tests: guards stay consistent only with the
     /// whole set attached.

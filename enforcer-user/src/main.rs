@@ -91,6 +91,10 @@ enum Command {
         /// Runtime guard tier.
         #[arg(long, value_enum, default_value = "auto")]
         runtime_guards: GuardsArg,
+        /// Tests only: make the fallback tier stop enforcing this guard after attaching it,
+        /// as a broken kernel would (the start-up self-test must catch it).
+        #[arg(long, hide = true)]
+        break_fallback_guard: Vec<String>,
     },
     /// Show what this node's kernel supports and what an instance has attached.
     Status {
@@ -98,6 +102,10 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/enforcer")]
         bpffs: PathBuf,
     },
+    /// One operation of the agent's start-up self-test, in the throwaway cgroup the agent
+    /// placed this process in (internal).
+    #[command(name = "self-test-op", hide = true)]
+    SelfTestOp { op: String, arg: Option<String> },
     /// Detach everything an instance attached and remove its pins.
     Uninstall {
         /// The instance's bpffs directory.
@@ -119,6 +127,9 @@ fn init_logging() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::SelfTestOp { op, arg } = &cli.command {
+        std::process::exit(enforcer::guards::selftest::run_op(op, arg.as_deref()));
+    }
     init_logging();
     match cli.command {
         Command::Run {
@@ -136,6 +147,7 @@ fn main() -> Result<()> {
             log_rate,
             service_cidrs,
             runtime_guards,
+            break_fallback_guard,
         } => {
             if !service_cidrs.is_empty() {
                 tracing::warn!(
@@ -161,6 +173,20 @@ fn main() -> Result<()> {
                 network_audit,
                 allow_events,
                 log_rate,
+                break_fallback_guards: break_fallback_guard
+                    .iter()
+                    .map(|n| {
+                        enforcer::guards::GUARD_NAMES
+                            .iter()
+                            .find(|(_, name)| name == n)
+                            .map(|(b, _)| *b)
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("--break-fallback-guard: unknown guard {n:?}")
+                            })
+                    })
+                    .collect::<Result<Vec<u32>>>()?
+                    .into_iter()
+                    .fold(0, |a, b| a | b),
                 guards: match runtime_guards {
                     GuardsArg::Auto => GuardsMode::Auto,
                     GuardsArg::Lsm => GuardsMode::Lsm,
@@ -178,6 +204,7 @@ fn main() -> Result<()> {
             print!("{}", enforcer::status::report(&bpffs));
             Ok(())
         }
+        Command::SelfTestOp { .. } => unreachable!("handled before logging starts"),
         Command::Uninstall { bpffs } => {
             let n = enforcer::bpf::uninstall(&bpffs)?;
             println!("removed {n} pinned objects from {}", bpffs.display());

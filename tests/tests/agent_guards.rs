@@ -345,3 +345,65 @@ fn unclassified_pod_cgroups_get_the_strictest_guards_from_their_first_exec() {
     assert!(!r.killed(), "{r:?}");
     std::fs::remove_dir(&stray).unwrap();
 }
+
+/// Before it reports a tier, the agent proves each guard denies (a throwaway cgroup, one
+/// operation per guard, the guard's own deny event), and a guard that does not deny keeps
+/// the agent from reporting ready instead of being claimed on paper.
+#[test]
+fn guard_self_test_verifies_each_guard_and_catches_a_broken_one() {
+    let Some(node) = node(
+        "guard_self_test_verifies_each_guard_and_catches_a_broken_one",
+        74,
+    ) else {
+        return;
+    };
+    {
+        let agent = node.start_agent(&[]);
+        let log = agent.log_text();
+        assert!(log.contains("runtime guard self-test:"), "{log}");
+        // Everything the fallback tier serves on this host is exercised here (the test
+        // runs as root with every capability, and /dev/kmsg exists).
+        for g in [
+            "host-devices",
+            "root-escalation",
+            "dangerous-capabilities",
+            "mount",
+            "kernel-modules",
+            "ptrace",
+            "bpf",
+            "raw-sockets",
+            "packet-sockets",
+            "sysctl-write",
+            "root-exec",
+        ] {
+            let m = format!("enforcer_guard_self_test{{guard=\"{g}\",result=\"verified\"}}");
+            assert_eq!(agent.metric(&m), Some(1.0), "{m}\n{log}");
+        }
+        assert!(!log.contains("FAILED its self-test"), "{log}");
+    }
+    // The same agent on a kernel where the mount guard silently does nothing.
+    let mut agent = node.spawn_agent(&["--break-fallback-guard", "mount"]);
+    let start = std::time::Instant::now();
+    loop {
+        let log = agent.log_text();
+        if log.contains("runtime guard self-test:") {
+            assert!(
+                log.contains("runtime guard mount FAILED its self-test"),
+                "{log}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no self-test result:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.get("/readyz").0, 503, "{}", agent.log_text());
+    assert_eq!(
+        agent.metric("enforcer_guard_self_test{guard=\"mount\",result=\"failed\"}"),
+        Some(1.0)
+    );
+    assert!(agent.running(), "network enforcement goes on");
+}

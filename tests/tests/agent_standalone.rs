@@ -522,3 +522,65 @@ spec:
         "not reported:\n{log}"
     );
 }
+
+/// Special destinations and what a denied peer can learn.
+/// - `connect()`/`sendmsg()` to 0.0.0.0 or `::` reaches the local host, i.e. the pod's own
+///   network namespace (the kernel routes it through the loopback device): like 127.0.0.1,
+///   it is the pod talking to itself, never another pod, and policy does not apply.
+/// - A SYN that ingress policy denies is dropped at the pod's socket: no SYN-ACK, no RST,
+///   the client times out and learns nothing about the port.
+/// - A SYN to a port where nothing listens never reaches a socket (so no cgroup program
+///   runs): the pod's kernel answers RST. A denied peer can tell a closed port from an
+///   open one this way; no data reaches the pod. Documented in docs/network-policy.md.
+#[test]
+fn special_destinations_and_what_a_denied_peer_learns() {
+    let Some(node) = node(
+        "special_destinations_and_what_a_denied_peer_learns",
+        76,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let _agent = node.start_agent(&["--runtime-guards", "off"]);
+    let probe = |to: &str, port: &str| {
+        enforcer_tests::probe(
+            node.pods["x/a"].place(),
+            &["connect", "tcp", to, port, "500"],
+        )
+        .1
+    };
+    // Egress deny-all: other pods are refused at connect(), the pod itself is not.
+    let b = node.pods["x/b"].v4.to_string();
+    assert_eq!(probe(&b, "80"), "eperm");
+    for own in ["127.0.0.1", "0.0.0.0", "::1", "::"] {
+        assert_eq!(probe(own, "80"), "ok", "{own} is the pod's own namespace");
+    }
+    // Ingress: b's policy denies everything; a's egress is opened to b for this part.
+    node.write_manifest(
+        "20-a-egress.yaml",
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-out, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{}]
+"#,
+    );
+    let start = Instant::now();
+    while probe(&b, "80") == "eperm" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "egress not opened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(probe(&b, "80"), "timeout", "an open, denied port: silence");
+    assert_eq!(
+        probe(&b, "1"),
+        "refused",
+        "a closed port answers RST from the pod's kernel (documented)"
+    );
+}

@@ -12,6 +12,7 @@ pub mod apply;
 pub mod events;
 pub mod http;
 pub mod metrics;
+mod selftest;
 pub mod source;
 
 use std::{
@@ -92,6 +93,9 @@ pub struct Options {
     /// Denial log lines per second before rate limiting.
     pub log_rate: f64,
     pub guards: GuardsMode,
+    /// Tests only (`--break-fallback-guard`): guards whose fallback rules are dropped after
+    /// attaching, to prove that the self-test notices.
+    pub break_fallback_guards: u32,
 }
 
 /// Addresses configured on this network namespace's interfaces (loopback excluded).
@@ -701,12 +705,15 @@ impl Reconciler {
 }
 
 /// Probe and attach the runtime guards; never fatal except in `GuardsMode::Lsm`.
-fn start_guards(
+async fn start_guards(
     dp: &mut Datapath,
-    mode: GuardsMode,
+    opts: &Options,
     root: &Path,
+    own: Option<&Path>,
     metrics: &Metrics,
+    events: &mut broadcast::Receiver<(events::Event, String)>,
 ) -> Result<GuardsStarted> {
+    let mode = opts.guards;
     if mode == GuardsMode::Off {
         tracing::info!("runtime guards: off");
         return Ok(GuardsStarted::Off);
@@ -799,8 +806,94 @@ fn start_guards(
              (kubectl exec, exec probes) into guarded pods are guarded like the workload"
         );
     }
+    if opts.break_fallback_guards != 0 {
+        tracing::warn!(
+            "--break-fallback-guard: the fallback tier stops enforcing {} (a test)",
+            guards::names_of(opts.break_fallback_guards).join(", ")
+        );
+        dp.break_fallback_guards(opts.break_fallback_guards)?;
+    }
+    if let Some(why) = self_test(dp, tier, attached.available, root, own, metrics, events).await? {
+        return Ok(GuardsStarted::Failed(why));
+    }
     arm_running(dp, root, "");
     Ok(GuardsStarted::On)
+}
+
+/// Prove that each guard of `available` denies (`selftest`), before the agent reports the
+/// tier. A guard of the LSM tier that fails is handed to the fallback programs and tested
+/// again; a guard that fails there is an error: the agent does not report ready (returns
+/// why). Guards that cannot be exercised here are reported, not counted as failures.
+async fn self_test(
+    dp: &mut Datapath,
+    tier: Tier,
+    available: u32,
+    root: &Path,
+    own: Option<&Path>,
+    metrics: &Metrics,
+    events: &mut broadcast::Receiver<(events::Event, String)>,
+) -> Result<Option<String>> {
+    let parent = selftest::parent_dir(root, own);
+    let mut results = selftest::run(dp, &parent, available, events).await;
+    let failed_lsm: u32 = results
+        .iter()
+        .filter(|(_, v)| matches!(v, selftest::Verdict::Failed(_)))
+        .fold(0, |a, (g, _)| a | g);
+    if tier == Tier::Lsm && failed_lsm != 0 {
+        for (g, v) in results.iter().filter(|(g, _)| failed_lsm & g != 0) {
+            tracing::error!(
+                "runtime guard {} failed its self-test in the lsm tier ({}): handing it to \
+                 the fallback tier",
+                guards::name_of(*g),
+                match v {
+                    selftest::Verdict::Failed(w) => w.as_str(),
+                    _ => "",
+                }
+            );
+        }
+        let took = dp.demote_to_fallback(root, failed_lsm)?;
+        let again = selftest::run(dp, &parent, took, events).await;
+        for (g, v) in results.iter_mut() {
+            if let Some((_, v2)) = again.iter().find(|(g2, _)| g2 == g) {
+                *v = v2.clone();
+            } else if failed_lsm & *g != 0 {
+                *v = selftest::Verdict::Failed(
+                    "failed in the lsm tier; the fallback tier \
+                                                 has nothing for it on this kernel"
+                        .into(),
+                );
+            }
+        }
+    }
+    let mut failures = Vec::new();
+    let mut verified = Vec::new();
+    for (g, v) in &results {
+        let name = guards::name_of(*g);
+        metrics.set(
+            "enforcer_guard_self_test",
+            "Start-up self-test of each runtime guard (1 for its result: verified, failed, \
+             not-exercised).",
+            &[("guard", name), ("result", v.label())],
+            1.0,
+        );
+        match v {
+            selftest::Verdict::Verified => verified.push(name),
+            selftest::Verdict::Failed(why) => {
+                tracing::error!("runtime guard {name} FAILED its self-test: {why}");
+                failures.push(format!("{name}: {why}"));
+            }
+            selftest::Verdict::NotExercised(why) => {
+                tracing::warn!("runtime guard {name}: self-test not exercised: {why}")
+            }
+        }
+    }
+    tracing::info!(
+        "runtime guard self-test: {} of {} verified ({})",
+        verified.len(),
+        results.len(),
+        verified.join(", ")
+    );
+    Ok((!failures.is_empty()).then(|| format!("guards that do not deny: {}", failures.join("; "))))
 }
 
 /// Guards for pod cgroups no endpoint classifies (`Config::unclassified_guards`).
@@ -964,7 +1057,18 @@ pub async fn run(opts: Options) -> Result<()> {
         ev_tx.clone(),
         opts.log_rate,
     ));
-    let guards_started = start_guards(&mut dp, opts.guards, &kubepods.path, &metrics)?;
+    let mut ev_rx = ev_tx.subscribe();
+    let own_path = crate::cgroup::own_cgroup(&mount, &kubepods.path);
+    let guards_started = start_guards(
+        &mut dp,
+        &opts,
+        &kubepods.path,
+        own_path.as_deref(),
+        &metrics,
+        &mut ev_rx,
+    )
+    .await?;
+    drop(ev_rx);
     let guards_on = guards_started == GuardsStarted::On;
 
     let host_addrs = host_addresses(&opts.node_ips);

@@ -25,6 +25,7 @@
 pub mod arming;
 pub mod btf;
 pub mod offsets;
+pub mod selftest;
 pub mod syscalls;
 
 use enforcer_common::*;
@@ -47,6 +48,14 @@ pub const GUARD_NAMES: &[(u32, &str)] = &[
 ];
 
 /// Names of the guards in `bits`, in `GUARD_NAMES` order.
+/// The name of one guard bit ("?" for an unknown one).
+pub fn name_of(bit: u32) -> &'static str {
+    GUARD_NAMES
+        .iter()
+        .find(|(b, _)| *b == bit)
+        .map_or("?", |(_, n)| n)
+}
+
 pub fn names_of(bits: u32) -> Vec<&'static str> {
     GUARD_NAMES
         .iter()
