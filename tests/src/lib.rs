@@ -8,7 +8,10 @@ use std::{
     ffi::CString,
     fs,
     io::Write,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::{
+        fd::AsRawFd,
+        unix::{fs::PermissionsExt, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -307,7 +310,16 @@ pub fn set_file_caps(path: &Path, caps: u32) {
     );
 }
 
+/// The probe binary tests run: the built one, or, when the checkout lives where other users
+/// cannot go (a 0700 home or temp directory: tests also run the probe as other uids), a
+/// copy that every user can run (`runnable_by_all`).
 pub fn probe_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| runnable_by_all(&built_probe())).clone()
+}
+
+/// Where the build put the probe (`ENFORCER_PROBE` overrides).
+pub fn built_probe() -> PathBuf {
     if let Some(p) = std::env::var_os("ENFORCER_PROBE") {
         return PathBuf::from(p);
     }
@@ -320,6 +332,49 @@ pub fn probe_bin() -> PathBuf {
         }
     }
     panic!("enforcer-probe binary not found next to {}", exe.display());
+}
+
+/// Can every user reach `p` (search permission for others on every directory above it)?
+fn traversable_by_all(p: &Path) -> bool {
+    p.ancestors().skip(1).all(|d| {
+        d.as_os_str().is_empty()
+            || fs::metadata(d)
+                .map(|m| m.permissions().mode() & 0o001 != 0)
+                .unwrap_or(false)
+    })
+}
+
+/// `bin` if every user can run it where it is, else a copy in a world-readable directory
+/// below /tmp, named by the binary's size and modification time (one copy per build,
+/// shared by the test processes, written to a temporary name and renamed into place).
+pub fn runnable_by_all(bin: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    if traversable_by_all(bin) {
+        return bin.to_path_buf();
+    }
+    let meta = fs::metadata(bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let dir = PathBuf::from("/tmp").join(format!(
+        "enforcer-bin-{}-{}-{}",
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ));
+    let name = bin.file_name().expect("binary file name");
+    let dest = dir.join(name);
+    if dest.exists() {
+        return dest;
+    }
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod copy dir");
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    fs::copy(bin, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).expect("chmod copy");
+    fs::rename(&tmp, &dest).expect("rename copy into place");
+    dest
 }
 
 /// Run the probe with `args` at `place`, wait, return (exit code, stdout).

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Bg, Cgroup, Netns, Place, place_command, probe_bin, sh, unique};
+use crate::{Bg, Cgroup, Netns, Place, place_command, sh, unique};
 
 /// Ports every simulated pod serves, with the container port names upstream's e2e uses.
 pub const PORTS: &[(&str, u16)] = &[("tcp", 80), ("tcp", 81), ("udp", 80), ("udp", 81)];
@@ -32,7 +32,7 @@ pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ENFORCER_BIN") {
         return PathBuf::from(p);
     }
-    let probe = probe_bin();
+    let probe = crate::built_probe();
     let dir = probe.parent().expect("bin dir");
     let p = dir.join("enforcer");
     assert!(
