@@ -963,6 +963,8 @@ pub async fn run(opts: Options) -> Result<()> {
         ready: Default::default(),
         metrics: metrics.clone(),
         refresh: Box::new(|| {}),
+        last_turn_ms: Default::default(),
+        started: Instant::now(),
     });
     if let Some(addr) = opts.health_addr {
         let local = http::spawn(addr, health.clone())
@@ -1170,6 +1172,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // the grace has passed (`guards::arming`).
     let mut rearm_at = guards_on.then(|| Instant::now() + guards::arming::SETUP_GRACE);
     loop {
+        health.turned();
         tokio::select! {
             _ = tick.tick() => {
                 if rearm_at.is_some_and(|t| Instant::now() >= t) {

@@ -28,7 +28,7 @@ use std::{
     fmt::Debug,
     hash::Hash,
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use super::objects::{Res, WATCHES};
@@ -372,6 +372,11 @@ pub struct WatchStats {
     /// Errors by kind.
     pub errors: BTreeMap<&'static str, u64>,
     pub last_event: Option<SystemTime>,
+    /// Since when the watch has been failing (an error, and no successful answer since);
+    /// `None` while it works. A resourceVersion that expired is not a failure.
+    pub failing_since: Option<SystemTime>,
+    /// The last error (other than an expired resourceVersion).
+    pub last_error: Option<SystemTime>,
 }
 
 /// How a snapshot was built.
@@ -426,6 +431,25 @@ impl Store {
         &self.watches[res.index()]
     }
 
+    /// The watch failing for the longest time, and since when: the API server (or the
+    /// way to it) is not answering; what is enforced is the last state received. A watch
+    /// counts as failing from its first error until a successful answer, or until it has
+    /// gone `quiet` without a new error (a watch that resumed successfully delivers nothing
+    /// until something changes, and a failing one errs again after each backoff).
+    pub fn failing(&self, quiet: Duration) -> Option<(Res, SystemTime)> {
+        let now = SystemTime::now();
+        Res::ALL
+            .into_iter()
+            .filter_map(|r| {
+                let w = &self.watches[r.index()];
+                let recent = w
+                    .last_error
+                    .is_some_and(|e| now.duration_since(e).unwrap_or_default() < quiet);
+                w.failing_since.filter(|_| recent).map(|t| (r, t))
+            })
+            .min_by_key(|(_, t)| *t)
+    }
+
     /// Objects shown that belong to `res`.
     pub fn objects(&self, res: Res) -> usize {
         usize::try_from(self.counts[res.index()]).unwrap_or(0)
@@ -467,6 +491,7 @@ impl Store {
             }
             Ev::Apply(c) => {
                 let w = &mut self.watches[res.index()];
+                w.failing_since = None;
                 w.applied += 1;
                 w.last_event = Some(now);
                 if let Some(seen) = T::table(&mut self.tables).seen.get_mut(&res) {
@@ -476,6 +501,7 @@ impl Store {
             }
             Ev::Delete(key) => {
                 let w = &mut self.watches[res.index()];
+                w.failing_since = None;
                 w.deleted += 1;
                 w.last_event = Some(now);
                 self.remove::<T>(res, &key);
@@ -491,6 +517,7 @@ impl Store {
                 w.relisting = false;
                 w.missing = false;
                 w.last_event = Some(now);
+                w.failing_since = None;
             }
             Ev::Missing => {
                 T::table(&mut self.tables).seen.remove(&res);
@@ -499,10 +526,16 @@ impl Store {
                 w.synced = true;
                 w.relisting = false;
                 w.missing = true;
+                w.failing_since = None;
                 *w.errors.entry("not_found").or_default() += 1;
             }
             Ev::Error { kind } => {
-                *self.watches[res.index()].errors.entry(kind).or_default() += 1;
+                let w = &mut self.watches[res.index()];
+                *w.errors.entry(kind).or_default() += 1;
+                if kind != "expired" {
+                    w.failing_since.get_or_insert(now);
+                    w.last_error = Some(now);
+                }
             }
         }
     }

@@ -48,6 +48,7 @@ fn tuning() -> Tuning {
         backoff: Arc::new(|| Box::new(FastBackoff) as Box<dyn Backoff>),
         restart_delay: Duration::from_millis(20),
         metrics_interval: Duration::from_millis(20),
+        quiet_after_errors: Duration::from_millis(500),
     }
 }
 
@@ -1209,4 +1210,64 @@ async fn services_and_their_slices_come_and_go() {
         s.cluster.services.is_empty() && s.cluster.endpoint_slices.is_empty()
     })
     .await;
+}
+
+/// The API server stops answering: the source says so (`enforcer_kube_degraded`, which the
+/// agent's /readyz turns into "degraded"), keeps the last state (nothing is published), and
+/// converges as soon as the API server is back, including what changed meanwhile.
+#[tokio::test]
+async fn an_api_outage_is_reported_and_recovered_from() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let mut src = start(&api);
+    src.until("the initial state", |_| true).await;
+    src.metric_until("not degraded", |s| {
+        s.metric("enforcer_kube_degraded", &[]) == 0.0
+    })
+    .await;
+    // Every request fails from now on, and the open watches are cut.
+    for r in R::ALL {
+        api.fault(Fault::new(r, Verb::List, 500));
+        api.fault(Fault::new(r, Verb::Watch, 500));
+        api.break_watches(r);
+    }
+    src.metric_until("degraded", |s| {
+        s.metric("enforcer_kube_degraded", &[]) == 1.0
+            && s.metric("enforcer_kube_degraded_since_timestamp_seconds", &[]) > 0.0
+    })
+    .await;
+    // Changed while unreachable: not seen yet.
+    api.put(
+        R::Pods,
+        pod("shop", "during", Some(NODE), "x", Some("10.0.1.9")),
+    );
+    api.clear_faults();
+    let back = Instant::now();
+    src.until("the change made during the outage", |s| {
+        s.cluster.pods.contains_key(&key("shop", "during"))
+    })
+    .await;
+    src.metric_until("no longer degraded", |s| {
+        s.metric("enforcer_kube_degraded", &[]) == 0.0
+    })
+    .await;
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "converged {:?} after the API server came back",
+        back.elapsed()
+    );
+}
+
+#[test]
+fn the_default_backoff_retries_within_seconds() {
+    let mut b = crate::kube::QuickBackoff::default();
+    let delays: Vec<Duration> = (0..8).map(|_| b.next().unwrap()).collect();
+    assert!(delays[0] >= Duration::from_millis(500) && delays[0] <= Duration::from_millis(600));
+    assert!(
+        delays.iter().all(|d| *d <= Duration::from_secs(6)),
+        "{delays:?}"
+    );
+    assert!(delays[7] >= Duration::from_secs(5), "{delays:?}");
+    b.reset();
+    assert!(b.next().unwrap() <= Duration::from_millis(600));
 }

@@ -48,7 +48,7 @@ pub enum R {
 }
 
 impl R {
-    const ALL: [R; 6] = [
+    pub const ALL: [R; 6] = [
         R::Pods,
         R::Namespaces,
         R::NetworkPolicies,
