@@ -63,6 +63,10 @@ pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
 pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
 /// Network policy does not apply to this cgroup (host-network pods): everything passes.
 pub const EP_NET_UNMANAGED: u32 = 1 << 2;
+/// A pod cgroup the agent has seen but not classified yet (no known pod): its network is
+/// treated as unclassified (`CFG_DENY_UNCLASSIFIED`), its guards are the entry's (the
+/// strictest set). Written by the agent, replaced once the pod is known.
+pub const EP_PENDING: u32 = 1 << 3;
 
 /// What the datapath knows about one pod, keyed by the pod's cgroup id (and optionally its
 /// containers' cgroup ids). Container cgroups that have no entry resolve to the nearest

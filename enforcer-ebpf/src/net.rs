@@ -296,6 +296,26 @@ struct Decision {
     report: bool,
 }
 
+/// The verdict for a packet of a cgroup no endpoint classifies (or a pending one): denied
+/// with `CFG_DENY_UNCLASSIFIED` unless it goes through the loopback device.
+#[inline(always)]
+fn unclassified_packet(cfg: &Config, cgid: u64, f: &Flow, loopback: bool) -> i32 {
+    if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !loopback {
+        count(CNT_NET_DENY);
+        emit(
+            cgid,
+            0,
+            f,
+            IDENTITY_WORLD,
+            0,
+            VERDICT_DENY,
+            REASON_UNCLASSIFIED,
+        );
+        return DROP;
+    }
+    ALLOW
+}
+
 /// Steps 3-7 for a flow of a classified endpoint. `packet` is false for socket hooks,
 /// which do not refresh state.
 #[inline(always)]
@@ -445,21 +465,12 @@ fn skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
         };
     }
     let Some(ep) = ep else {
-        if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !loopback {
-            count(CNT_NET_DENY);
-            emit(
-                cgid,
-                0,
-                f,
-                IDENTITY_WORLD,
-                0,
-                VERDICT_DENY,
-                REASON_UNCLASSIFIED,
-            );
-            return DROP;
-        }
-        return ALLOW;
+        return unclassified_packet(cfg, cgid, f, loopback);
     };
+    // A pending entry carries guards only: the network sees an unclassified cgroup.
+    if ep.flags & EP_PENDING != 0 {
+        return unclassified_packet(cfg, cgid, f, loopback);
+    }
     let d = decide(cfg, &ep, f, true, loopback);
     if d.allow {
         if d.track {
@@ -692,7 +703,13 @@ fn sock_verdict(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
             f.remote_port = f.dport;
         }
     }
-    let Some(ep) = ep else {
+    let pending = match ep {
+        Some(e) => e.flags & EP_PENDING != 0,
+        None => true,
+    };
+    // SAFETY: a read of a local (through memory, see the packet path).
+    let pending = unsafe { core::ptr::read_volatile(&pending) };
+    let Some(ep) = ep.filter(|_| !pending) else {
         if cfg.flags & CFG_DENY_UNCLASSIFIED != 0 && !is_loopback(&f.remote) {
             emit(
                 cgid,

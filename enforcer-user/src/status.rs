@@ -23,6 +23,23 @@ fn count_hash<K: aya::Pod, V: aya::Pod>(path: &Path) -> Option<usize> {
     Some(h.keys().count())
 }
 
+/// Pending entries of ENDPOINTS (pod cgroups the agent could not classify yet): how many,
+/// and the guards they carry.
+fn pending_endpoints(path: &Path) -> Option<(usize, u32)> {
+    let data = MapData::from_pin(path).ok()?;
+    let map = aya::maps::Map::HashMap(data);
+    let h: HashMap<MapData, u64, Endpoint> = HashMap::try_from(map).ok()?;
+    let mut n = 0;
+    let mut guards = 0;
+    for (_, ep) in h.iter().flatten() {
+        if ep.flags & EP_PENDING != 0 {
+            n += 1;
+            guards |= ep.guards_enforce;
+        }
+    }
+    Some((n, guards))
+}
+
 fn count_lpm<K: aya::Pod, V: aya::Pod>(path: &Path) -> Option<usize> {
     let data = MapData::from_pin(path).ok()?;
     let map = aya::maps::Map::LpmTrie(data);
@@ -156,13 +173,25 @@ pub fn report(instance: &Path) -> String {
         let g = crate::guards::names_of(cfg.unclassified_guards);
         let _ = writeln!(
             out,
-            "  unclassified: guards {}",
+            "  unclassified: cgroups with no entry get guards {}",
             if g.is_empty() {
                 "none".to_string()
             } else {
                 g.join(", ")
             }
         );
+        if let Some((n, guards)) = pending_endpoints(&maps.join("ENDPOINTS")) {
+            let g = crate::guards::names_of(guards);
+            let _ = writeln!(
+                out,
+                "  pending:     {n} cgroups of pods not classified yet{}",
+                if n == 0 {
+                    String::new()
+                } else {
+                    format!(", guards {}", g.join(", "))
+                }
+            );
+        }
     }
     let n = |v: Option<usize>| v.map_or("?".to_string(), |n| n.to_string());
     let _ = writeln!(

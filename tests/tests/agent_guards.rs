@@ -334,7 +334,8 @@ fn unclassified_pod_cgroups_get_the_strictest_guards_from_their_first_exec() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("unclassified: guards root-escalation") && text.contains("packet-sockets"),
+        text.contains("cgroups of pods not classified yet, guards root-escalation")
+            && text.contains("packet-sockets"),
         "{text}"
     );
     // Classified pods keep their own level: open/p (no labels) is not guarded.

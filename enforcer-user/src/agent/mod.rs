@@ -291,6 +291,8 @@ struct Reconciler {
     root_level_reported: Option<u32>,
     /// Addresses of the local pods, for naming event peers.
     local_ips: BTreeMap<IpAddr, crate::model::ObjectRef>,
+    /// Guards of pending entries (0 until the first snapshot is programmed).
+    pending_guards: u32,
     /// The agent's own cgroup below kubepods: always present, unmanaged.
     own_cgroup: Option<u64>,
     /// Pod cgroups (by pod uid) that no pod of the cluster state classifies yet: when they
@@ -389,6 +391,24 @@ impl Reconciler {
         }
         if let Some(id) = self.own_cgroup {
             want.endpoints.entry(id).or_insert(OWN_ENDPOINT);
+        }
+        // Pod cgroups no known pod classifies: pending entries with the strict guards (the
+        // network treats them as unclassified). Their containers resolve to them.
+        if self.pending_guards != 0 {
+            let pending = Endpoint {
+                id: PENDING_ENDPOINT,
+                flags: EP_PENDING,
+                guards_enforce: self.pending_guards,
+                guards_audit: 0,
+            };
+            for (uid, ids) in &self.cgroups.by_uid {
+                if self.desired.endpoints.contains_key(uid) {
+                    continue;
+                }
+                for id in ids {
+                    want.endpoints.entry(*id).or_insert(pending);
+                }
+            }
         }
         let policy_changed =
             want.policy != self.current.policy || want.ipcache != self.current.ipcache;
@@ -896,29 +916,38 @@ async fn self_test(
     Ok((!failures.is_empty()).then(|| format!("guards that do not deny: {}", failures.join("; "))))
 }
 
-/// Guards for pod cgroups no endpoint classifies (`Config::unclassified_guards`).
-///
-/// With `--unclassified deny`: packet sockets, since such pods are cut off from the
-/// network and must not go around that (unless NetworkPolicy is only audited), and, once
-/// the first snapshot is programmed (`classified_all`) and runtime guards are on, the
-/// strictest Pod Security set (restricted): a pod whose cgroup appears before the agent
-/// knows it is guarded at least as strictly as any level that could apply to it, from its
-/// first exec (the runtime's set-up before that exec is not guarded, see
-/// `enforcer-ebpf/src/guards.rs`). Before the first snapshot every running pod is
-/// unclassified, privileged ones included: the strict set would hit them all.
-fn unclassified_guards(opts: &Options, classified_all: bool) -> u32 {
-    if opts.unclassified != Unclassified::Deny {
-        return 0;
+/// Guards of cgroups below the root that have no ENDPOINTS entry at all
+/// (`Config::unclassified_guards`): with `--unclassified deny`, packet sockets, since such
+/// pods are cut off from the network and must not go around that (unless NetworkPolicy is
+/// only audited). Nothing more: a cgroup with no entry may be a new agent's own, started
+/// while the pinned programs of the previous one enforce, which must be able to load
+/// programs before it can mark itself. Pod cgroups the running agent sees and cannot
+/// classify get the strict set through a pending entry instead ([`pending_guards`]).
+fn unclassified_guards(opts: &Options) -> u32 {
+    if opts.unclassified == Unclassified::Deny && !opts.network_audit {
+        GUARD_PACKET_SOCKETS
+    } else {
+        0
     }
-    let mut g = 0;
-    if !opts.network_audit {
-        g |= GUARD_PACKET_SOCKETS;
-    }
-    if classified_all && opts.guards != GuardsMode::Off {
-        g |= crate::runtime_policy::RESTRICTED;
-    }
-    g
 }
+
+/// Guards of the pending entries the agent writes for pod cgroups it sees but cannot
+/// classify yet (`EP_PENDING`), once its first snapshot is programmed: with
+/// `--unclassified deny` and runtime guards on, the strictest Pod Security set
+/// (restricted) plus packet sockets. A pod whose cgroup appears before the agent knows it
+/// is guarded at least as strictly as any level that could apply to it, from its first
+/// exec (the runtime's set-up before that exec is not guarded, see
+/// `enforcer-ebpf/src/guards.rs`).
+fn pending_guards(opts: &Options) -> u32 {
+    if opts.unclassified == Unclassified::Deny && opts.guards != GuardsMode::Off {
+        crate::runtime_policy::RESTRICTED | unclassified_guards(opts)
+    } else {
+        0
+    }
+}
+
+/// Endpoint id of pending entries (never allocated to a pod).
+const PENDING_ENDPOINT: u32 = u32::MAX - 2;
 
 /// Arm the containers that run below `root` (`guards::arming`), and say what was done.
 fn arm_running(dp: &mut Datapath, root: &Path, when: &str) {
@@ -1046,9 +1075,7 @@ pub async fn run(opts: Options) -> Result<()> {
         policy_revision: previous.policy_revision.wrapping_add(1),
         ct_timeout_tcp_s: 6 * 3600,
         ct_timeout_other_s: 120,
-        // Until the first snapshot is programmed every pod is unclassified: only the
-        // network part applies then (see `unclassified_guards`).
-        unclassified_guards: unclassified_guards(&opts, false),
+        unclassified_guards: unclassified_guards(&opts),
     };
     dp.set_config(&config)?;
     let ring = dp.take_events()?;
@@ -1101,6 +1128,7 @@ pub async fn run(opts: Options) -> Result<()> {
         own_cgroup,
         unclassified: BTreeMap::new(),
         fail_closed: BTreeMap::new(),
+        pending_guards: 0,
     };
 
     let (mut watcher, initial) = kubelet::Watcher::new(kubepods.clone())?;
@@ -1142,13 +1170,13 @@ pub async fn run(opts: Options) -> Result<()> {
         .attach_network(&kubepods.path)
         .context("attaching network programs")?;
     if guards_on {
-        rec.config.unclassified_guards = unclassified_guards(&opts, true);
-        rec.dp
-            .set_config(&rec.config)
-            .context("guarding unclassified pod cgroups")?;
+        // From now on (every pod of the first snapshot is classified) a pod cgroup nobody
+        // knows gets the strict set.
+        rec.pending_guards = pending_guards(&opts);
+        rec.sync().context("guarding unclassified pod cgroups")?;
         tracing::info!(
             "pod cgroups not classified yet get the runtime guards: {}",
-            guards::names_of(rec.config.unclassified_guards).join(", ")
+            guards::names_of(rec.pending_guards).join(", ")
         );
     }
     if let GuardsStarted::Failed(why) = &guards_started {
