@@ -199,7 +199,11 @@ fn uread<T: Copy + Default>(addr: u64) -> Option<T> {
             addr as *const core::ffi::c_void,
         )
     };
-    if r == 0 { Some(v) } else { None }
+    if r == 0 {
+        Some(v)
+    } else {
+        None
+    }
 }
 
 /// `arg` of a rule, without the `SC_ARG_USER` flag.

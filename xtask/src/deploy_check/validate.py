@@ -53,7 +53,9 @@ REQUIRED_CAPS = {"BPF", "PERFMON", "NET_ADMIN"}
 # are needed).
 ALLOWED_CAPS = REQUIRED_CAPS | {"SYS_RESOURCE", "SYS_ADMIN"}
 HOST_PATHS = {"/sys/fs/bpf", "/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/security"}
-WRITABLE_HOST_PATHS = {"/sys/fs/bpf"}
+# bpffs: pins. cgroupfs: the start-up self-test creates one throwaway child of the agent's
+# own container cgroup (deploy/README.md); read-only works, with the self-test not run.
+WRITABLE_HOST_PATHS = {"/sys/fs/bpf", "/sys/fs/cgroup"}
 
 METADATA_SCHEMA = {
     "type": "object",
