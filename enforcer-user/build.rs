@@ -1,5 +1,5 @@
 //! Builds `enforcer-ebpf` for `bpfel-unknown-none` and places the object in OUT_DIR, where
-//! `src/lib.rs` embeds it. The BPF crate is compiled by Debian's `rustc-web` toolchain (it
+//! `src/bpf.rs` embeds it (`OBJECT`). The BPF crate is compiled by Debian's `rustc-web` toolchain (it
 //! ships a prebuilt `core` for the BPF targets; rustup's toolchains here lack rust-src) and
 //! linked by `bpf-linker`. `cargo xtask setup` installs both.
 //!

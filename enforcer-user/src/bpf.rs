@@ -1082,7 +1082,8 @@ fn describe_lsm_load_error(section: &str, e: &ProgramError) -> String {
     format!("loading {section} failed: {}", error_chain(e))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, `: `-separated.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

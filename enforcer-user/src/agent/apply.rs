@@ -36,14 +36,7 @@ pub struct ApplyStats {
 }
 
 fn describe_err(e: &BpfError) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
+    crate::bpf::error_chain(e)
 }
 
 fn map_err(map: &str, source: MapError) -> BpfError {

@@ -549,12 +549,13 @@ impl Reconciler {
             (
                 CNT_NET_ALLOW,
                 "enforcer_datapath_allowed_total",
-                "Packets and socket calls of classified pods allowed.",
+                "Packets of classified pods allowed (socket calls are not counted; denied ones \
+                 are events).",
             ),
             (
                 CNT_NET_DENY,
                 "enforcer_datapath_denied_total",
-                "Packets and socket calls denied.",
+                "Packets denied (socket calls are not counted; denied ones are events).",
             ),
             (
                 CNT_GUARD_DENY,
