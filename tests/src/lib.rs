@@ -619,6 +619,76 @@ pub mod guard_pods {
     /// The unprivileged user the probes switch to where a test needs a non-root process.
     pub const UID: u32 = 1000;
 
+    /// Is the BPF LSM among the kernel's active LSMs?
+    pub fn bpf_lsm_active() -> bool {
+        fs::read_to_string("/sys/kernel/security/lsm")
+            .map(|s| s.split(',').any(|l| l.trim() == "bpf"))
+            .unwrap_or(false)
+    }
+
+    /// Preconditions of every LSM-tier test: root, and the BPF LSM active. On a host
+    /// without it the test skips loudly; inside the VM (ENFORCER_VM=1) a missing BPF LSM
+    /// is a failure.
+    pub fn lsm_ready(test: &str) -> bool {
+        let in_vm = std::env::var_os("ENFORCER_VM").is_some();
+        if !is_root() {
+            assert!(!in_vm, "the VM runs tests as root");
+            skip(test, "needs root");
+            return false;
+        }
+        if !bpf_lsm_active() {
+            assert!(
+                !in_vm,
+                "BPF LSM is not active in the VM kernel (/sys/kernel/security/lsm)"
+            );
+            skip(
+                test,
+                "the BPF LSM is not active on this kernel; run `cargo xtask test --tier vm`",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// A pod tree with the LSM tier's guards, if [`lsm_ready`].
+    pub fn lsm_pods(test: &str, guards: u32) -> Option<GuardPods> {
+        lsm_ready(test).then(|| GuardPods::new(guards, Tier::Lsm))
+    }
+
+    /// A pod tree with the fallback tier's guards: root, and a kernel without the BPF LSM
+    /// (where it has one, the LSM tier is the one to use and the VM suites test it).
+    pub fn fallback_pods(test: &str, guards: u32) -> Option<GuardPods> {
+        if !is_root() {
+            skip(test, "needs root (BPF programs, cgroups)");
+            return None;
+        }
+        let mut dp = Datapath::load(None).expect("load eBPF object");
+        let probe = dp.probe_guard_tier();
+        drop(dp);
+        if probe.tier == Tier::Lsm {
+            skip(
+                test,
+                &format!(
+                    "this kernel has the BPF LSM ({}); the fallback tier is for kernels without it",
+                    probe.reason
+                ),
+            );
+            return None;
+        }
+        Some(GuardPods::new(guards, Tier::Fallback))
+    }
+
+    /// Does this kernel run 32-bit syscalls (IA-32 emulation)? Asked from `free`
+    /// (unguarded), as root: setuid16(0) changes nothing. Skips `test` loudly if not.
+    pub fn has_ia32(test: &str, free: &Cgroup) -> bool {
+        let r = probe_run(at(free), &["compat-setuid16", "0"]);
+        if r.word() == "ok" {
+            return true;
+        }
+        skip(test, &format!("no IA-32 emulation here: {r:?}"));
+        false
+    }
+
     /// A pod tree below a test cgroup root: `pod-guarded` (endpoint 1, guards enforced),
     /// `pod-audit` (endpoint 2, the same guards audited), `pod-free` (endpoint 3, no
     /// guards) and a cgroup outside the root, with the guard programs of one tier attached

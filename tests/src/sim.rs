@@ -624,6 +624,16 @@ impl Agent {
         (status.trim().parse().unwrap_or(0), body.to_string())
     }
 
+    /// `enforcer status` of this agent's instance.
+    pub fn status(&self) -> String {
+        let out = Command::new(agent_bin())
+            .args(["status", "--bpffs"])
+            .arg(&self.bpffs)
+            .output()
+            .expect("run enforcer status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics");
         body.lines()

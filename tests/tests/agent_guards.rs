@@ -233,12 +233,7 @@ fn runtime_guards_can_be_turned_off_and_status_reports_the_tier() {
     };
     {
         let agent = node.start_agent(&[]);
-        let out = std::process::Command::new(enforcer_tests::sim::agent_bin())
-            .args(["status", "--bpffs"])
-            .arg(&agent.bpffs)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = agent.status();
         assert!(text.contains("guard tier:  fallback"), "{text}");
         assert!(text.contains("guard_sysctl"), "{text}");
         assert!(text.contains("net_ingress"), "{text}");
@@ -327,12 +322,7 @@ fn unclassified_pod_cgroups_get_the_strictest_guards_from_their_first_exec() {
     );
     let r = probe_run(at, &["as-user", "1000:0", "setuid", "0"]);
     assert!(r.killed(), "root-escalation in an unclassified pod: {r:?}");
-    let out = std::process::Command::new(enforcer_tests::sim::agent_bin())
-        .args(["status", "--bpffs"])
-        .arg(&agent.bpffs)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = agent.status();
     assert!(
         text.contains("cgroups of pods not classified yet, guards root-escalation")
             && text.contains("packet-sockets"),

@@ -13,44 +13,11 @@
 
 use std::{fs, os::unix::fs::PermissionsExt};
 
-use enforcer::{bpf::Datapath, guards::Tier};
 use enforcer_common::*;
 use enforcer_tests::{
-    guard_pods::{GuardPods, at},
+    guard_pods::{at, fallback_pods as pods, has_ia32},
     *,
 };
-
-fn pods(test: &str, guards: u32) -> Option<GuardPods> {
-    if !is_root() {
-        skip(test, "needs root (BPF programs, cgroups)");
-        return None;
-    }
-    let mut dp = Datapath::load(None).expect("load eBPF object");
-    let probe = dp.probe_guard_tier();
-    drop(dp);
-    if probe.tier == Tier::Lsm {
-        skip(
-            test,
-            &format!(
-                "this kernel has the BPF LSM ({}); the VM suite tests the LSM tier",
-                probe.reason
-            ),
-        );
-        return None;
-    }
-    Some(GuardPods::new(guards, Tier::Fallback))
-}
-
-/// Does this kernel run 32-bit syscalls (IA-32 emulation)? Asked from `free` (unguarded),
-/// as root: setuid16(0) changes nothing.
-fn has_ia32(test: &str, free: &Cgroup) -> bool {
-    let r = probe_run(at(free), &["compat-setuid16", "0"]);
-    if r.word() == "ok" {
-        return true;
-    }
-    skip(test, &format!("no IA-32 emulation here: {r:?}"));
-    false
-}
 
 #[test]
 fn fallback_escape_unreadable_clone3_arguments_killed() {

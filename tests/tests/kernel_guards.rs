@@ -16,32 +16,9 @@ use enforcer::{
 use enforcer_common::*;
 use enforcer_tests::{
     exemption,
-    guard_pods::{GuardPods, UID, at},
+    guard_pods::{UID, at, fallback_pods as pods},
     *,
 };
-
-/// Root, and a kernel without the BPF LSM (where it has one, the LSM tier is the one to
-/// use and the VM suite tests it).
-fn pods(test: &str, guards: u32) -> Option<GuardPods> {
-    if !is_root() {
-        skip(test, "needs root (BPF programs, cgroups)");
-        return None;
-    }
-    let mut dp = Datapath::load(None).expect("load eBPF object");
-    let probe = dp.probe_guard_tier();
-    drop(dp);
-    if probe.tier == Tier::Lsm {
-        skip(
-            test,
-            &format!(
-                "this kernel has the BPF LSM ({}); the fallback tier is for kernels without it",
-                probe.reason
-            ),
-        );
-        return None;
-    }
-    Some(GuardPods::new(guards, Tier::Fallback))
-}
 
 #[test]
 fn fallback_tier_probe_and_offsets() {

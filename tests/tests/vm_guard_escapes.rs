@@ -6,44 +6,12 @@
 
 use std::{fs, os::unix::fs::PermissionsExt};
 
-use enforcer::guards::{self, Tier};
+use enforcer::guards;
 use enforcer_common::*;
 use enforcer_tests::{
-    guard_pods::{GuardPods, at},
+    guard_pods::{at, has_ia32, lsm_pods as pods},
     *,
 };
-
-fn pods(test: &str, guards: u32) -> Option<GuardPods> {
-    let in_vm = std::env::var_os("ENFORCER_VM").is_some();
-    if !is_root() {
-        assert!(!in_vm, "the VM runs tests as root");
-        skip(test, "needs root");
-        return None;
-    }
-    let lsm = fs::read_to_string("/sys/kernel/security/lsm")
-        .map(|s| s.split(',').any(|l| l.trim() == "bpf"))
-        .unwrap_or(false);
-    if !lsm {
-        assert!(!in_vm, "BPF LSM is not active in the VM kernel");
-        skip(
-            test,
-            "the BPF LSM is not active on this kernel; run `cargo xtask test --tier vm`",
-        );
-        return None;
-    }
-    Some(GuardPods::new(guards, Tier::Lsm))
-}
-
-/// Does this kernel run 32-bit syscalls (IA-32 emulation)? Asked from `free` (unguarded),
-/// as root: setuid16(0) changes nothing.
-fn has_ia32(test: &str, free: &Cgroup) -> bool {
-    let r = probe_run(at(free), &["compat-setuid16", "0"]);
-    if r.word() == "ok" {
-        return true;
-    }
-    skip(test, &format!("no IA-32 emulation here: {r:?}"));
-    false
-}
 
 #[test]
 fn lsm_escape_setgid_family_and_16bit_ids_denied() {

@@ -17,41 +17,9 @@ use enforcer::{
 use enforcer_common::*;
 use enforcer_tests::{
     exemption,
-    guard_pods::{GuardPods, UID, at},
+    guard_pods::{GuardPods, UID, at, lsm_pods as pods, lsm_ready},
     *,
 };
-
-fn bpf_lsm_active() -> bool {
-    fs::read_to_string("/sys/kernel/security/lsm")
-        .map(|s| s.split(',').any(|l| l.trim() == "bpf"))
-        .unwrap_or(false)
-}
-
-/// Preconditions of every LSM test: root, and the BPF LSM active.
-fn lsm_ready(test: &str) -> bool {
-    let in_vm = std::env::var_os("ENFORCER_VM").is_some();
-    if !is_root() {
-        assert!(!in_vm, "the VM runs tests as root");
-        skip(test, "needs root");
-        return false;
-    }
-    if !bpf_lsm_active() {
-        assert!(
-            !in_vm,
-            "BPF LSM is not active in the VM kernel (/sys/kernel/security/lsm)"
-        );
-        skip(
-            test,
-            "the BPF LSM is not active on this kernel; run `cargo xtask test --tier vm`",
-        );
-        return false;
-    }
-    true
-}
-
-fn pods(test: &str, guards: u32) -> Option<GuardPods> {
-    lsm_ready(test).then(|| GuardPods::new(guards, Tier::Lsm))
-}
 
 fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();

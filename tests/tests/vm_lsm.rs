@@ -4,35 +4,7 @@
 
 use enforcer::bpf::Datapath;
 use enforcer_common::*;
-use enforcer_tests::*;
-
-fn bpf_lsm_active() -> bool {
-    std::fs::read_to_string("/sys/kernel/security/lsm")
-        .map(|s| s.split(',').any(|l| l.trim() == "bpf"))
-        .unwrap_or(false)
-}
-
-/// Preconditions of every LSM test: root, and the BPF LSM active.
-fn lsm_ready(test: &str) -> bool {
-    let in_vm = std::env::var_os("ENFORCER_VM").is_some();
-    if !is_root() {
-        assert!(!in_vm, "the VM runs tests as root");
-        skip(test, "needs root");
-        return false;
-    }
-    if !bpf_lsm_active() {
-        assert!(
-            !in_vm,
-            "BPF LSM is not active in the VM kernel (/sys/kernel/security/lsm)"
-        );
-        skip(
-            test,
-            "the BPF LSM is not active on this kernel; run `cargo xtask test --tier vm`",
-        );
-        return false;
-    }
-    true
-}
+use enforcer_tests::{guard_pods::lsm_ready, *};
 
 fn at(cg: &Cgroup) -> Place<'_> {
     Place {

@@ -195,14 +195,14 @@ const OWN_ENDPOINT: Endpoint = Endpoint {
     guards_audit: 0,
 };
 
-/// Find the agent's own cgroup and, when it is below the pods' root, mark it unmanaged in
+/// When the agent's own cgroup (`own`) is below the pods' root, mark it unmanaged in
 /// the (possibly pinned, already attached) ENDPOINTS map at once.
-fn own_cgroup_below(mount: &Cgroup2Mount, kubepods: &Path, dp: &mut Datapath) -> Option<u64> {
-    let path = crate::cgroup::own_cgroup(mount, kubepods)?;
+fn own_cgroup_below(own: Option<&Path>, kubepods: &Path, dp: &mut Datapath) -> Option<u64> {
+    let path = own?;
     if !path.starts_with(kubepods) {
         return None;
     }
-    let id = match cgroup_id(&path) {
+    let id = match cgroup_id(path) {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!("the agent's own cgroup {}: {e}", path.display());
@@ -879,8 +879,7 @@ async fn self_test(
                 *v = v2.clone();
             } else if failed_lsm & *g != 0 {
                 *v = selftest::Verdict::Failed(
-                    "failed in the lsm tier; the fallback tier \
-                                                 has nothing for it on this kernel"
+                    "failed in the lsm tier; the fallback tier has nothing for it on this kernel"
                         .into(),
                 );
             }
@@ -1037,7 +1036,8 @@ pub async fn run(opts: Options) -> Result<()> {
     // to pod policy: after a restart the previous instance's programs are attached and would
     // treat a new agent pod as an unclassified cgroup, cutting it off from the API server
     // it needs to classify anything. Marked before the source starts talking.
-    let own_cgroup = own_cgroup_below(&mount, &kubepods.path, &mut dp);
+    let own_path = crate::cgroup::own_cgroup(&mount, &kubepods.path);
+    let own_cgroup = own_cgroup_below(own_path.as_deref(), &kubepods.path, &mut dp);
     // The source starts now: the API server's initial lists take time.
     let (snap_tx, mut snap_rx) = source::channel();
     match &opts.source {
@@ -1088,7 +1088,6 @@ pub async fn run(opts: Options) -> Result<()> {
         opts.log_rate,
     ));
     let mut ev_rx = ev_tx.subscribe();
-    let own_path = crate::cgroup::own_cgroup(&mount, &kubepods.path);
     let guards_started = start_guards(
         &mut dp,
         &opts,

@@ -40,13 +40,18 @@ fn print(w: &str) -> i32 {
     }
 }
 
-/// `len` bytes of shared memory holding `bytes`, whose page table entries were dropped:
-/// the data stays (shmem keeps the page), but the first access must fault it in again,
-/// which a BPF program at syscall entry cannot do. With `low`, below 4 GiB (for the i386
-/// ABI's 32-bit pointers).
-fn paged_out(bytes: &[u8], low: bool) -> *mut u8 {
+/// A fresh page holding `bytes`; with `low`, below 4 GiB (for the i386 ABI's 32-bit
+/// pointers). With `paged_out`, shared memory whose page table entries were dropped: the
+/// data stays (shmem keeps the page), but the first access must fault it in again, which a
+/// BPF program at syscall entry cannot do.
+fn page_with(bytes: &[u8], low: bool, paged_out: bool) -> *mut u8 {
     let len = 4096;
-    let mut flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+    let mut flags = libc::MAP_ANONYMOUS;
+    flags |= if paged_out {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
     if low {
         flags |= libc::MAP_32BIT;
     }
@@ -70,32 +75,10 @@ fn paged_out(bytes: &[u8], low: bool) -> *mut u8 {
     // SAFETY: `bytes` fits in the mapping just made.
     unsafe {
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
-        libc::madvise(p.cast(), len, libc::MADV_DONTNEED);
+        if paged_out {
+            libc::madvise(p.cast(), len, libc::MADV_DONTNEED);
+        }
     }
-    p
-}
-
-/// Memory below 4 GiB holding `bytes`, resident.
-fn low(bytes: &[u8]) -> *mut u8 {
-    // SAFETY: a fresh anonymous mapping; nothing else refers to it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-            -1,
-            0,
-        )
-    };
-    assert!(
-        p != libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    let p = p as *mut u8;
-    // SAFETY: `bytes` fits in the mapping just made.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
     p
 }
 
@@ -197,11 +180,7 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
             bytes[..4].copy_from_slice(&(fam as u32).to_ne_bytes());
             bytes[4..8].copy_from_slice(&(ty as u32).to_ne_bytes());
             bytes[8..].copy_from_slice(&(proto as u32).to_ne_bytes());
-            let p = if paged {
-                paged_out(&bytes, true)
-            } else {
-                low(&bytes)
-            };
+            let p = page_with(&bytes, true, paged);
             let r = int80(102, 1, p as u64 as u32, 0);
             if r >= 0 {
                 // SAFETY: our own descriptor.
@@ -218,11 +197,7 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
                 CLONE_FILES
             };
             let bytes = clone_args(flags);
-            let p = if paged {
-                paged_out(&bytes, false)
-            } else {
-                Box::leak(Box::new(bytes)).as_mut_ptr()
-            };
+            let p = page_with(&bytes, false, paged);
             let _ = std::io::stdout().flush();
             // SAFETY: a valid clone_args of the size passed; no CLONE_VM, so the child runs
             // on a copy of this address space, like fork, and exits at once.
