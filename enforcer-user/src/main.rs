@@ -51,6 +51,15 @@ enum Command {
         /// Kubernetes mode: kubeconfig file (default: the in-cluster service account).
         #[arg(long, conflicts_with = "manifests")]
         kubeconfig: Option<PathBuf>,
+        /// Kubernetes mode: the agent's own pod name (downward API: metadata.name). With
+        /// --pod-namespace, deleting the DaemonSet that owns the pod, or its namespace,
+        /// uninstalls this node's programs when the agent stops; otherwise they keep
+        /// enforcing for the next agent.
+        #[arg(long, env = "POD_NAME")]
+        pod_name: Option<String>,
+        /// Kubernetes mode: the agent's own namespace (downward API: metadata.namespace).
+        #[arg(long, env = "POD_NAMESPACE")]
+        pod_namespace: Option<String>,
         /// This node's name: pods with spec.nodeName equal to it are enforced here.
         #[arg(long, env = "NODE_NAME")]
         node: String,
@@ -135,6 +144,8 @@ fn main() -> Result<()> {
         Command::Run {
             manifests,
             kubeconfig,
+            pod_name,
+            pod_namespace,
             node,
             cgroup_root,
             kubepods,
@@ -158,7 +169,10 @@ fn main() -> Result<()> {
             let opts = agent::Options {
                 source: match manifests {
                     Some(dir) => SourceKind::Manifests(dir),
-                    None => SourceKind::Kubernetes { kubeconfig },
+                    None => SourceKind::Kubernetes {
+                        kubeconfig,
+                        own_pod: pod_namespace.zip(pod_name),
+                    },
                 },
                 node,
                 cgroup_root,

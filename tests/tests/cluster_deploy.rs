@@ -60,4 +60,25 @@ fn the_service_account_reads_what_it_needs_and_writes_nothing() {
     ] {
         assert!(!can(verb, res), "{sa} can {verb} {res}: more than it needs");
     }
+    // Its own DaemonSet (an uninstall is told from a restart by it), in its namespace only.
+    let can_in = |verb: &str, res: &str, ns: &str| {
+        let out = k.run(&["auth", "can-i", verb, res, "-n", ns, "--as", &sa]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            can_in(verb, "daemonsets.apps", ENFORCER_NS),
+            "{sa} cannot {verb} its DaemonSet"
+        );
+        assert!(
+            !can_in(verb, "daemonsets.apps", "kube-system"),
+            "{sa} can {verb} DaemonSets outside its namespace"
+        );
+    }
+    for verb in ["update", "delete", "patch"] {
+        assert!(
+            !can_in(verb, "daemonsets.apps", ENFORCER_NS),
+            "{sa} can {verb} its DaemonSet"
+        );
+    }
 }

@@ -28,9 +28,10 @@ use enforcer_common::*;
 use tokio::sync::broadcast;
 
 use crate::{
-    bpf::Datapath,
+    bpf::{self, Datapath},
     cgroup::{Cgroup2Mount, cgroup_id},
     guards::{self, Tier},
+    kube::removal::{Decision, Removal},
     kubelet,
     policy::{
         CompileInput, Compiler, Desired,
@@ -69,7 +70,13 @@ pub enum SourceKind {
     /// Standalone: a directory of manifests.
     Manifests(PathBuf),
     /// The Kubernetes API (in-cluster configuration, or `kubeconfig`).
-    Kubernetes { kubeconfig: Option<PathBuf> },
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        /// The agent's own pod (namespace, name), from the downward API: when the
+        /// DaemonSet owning it or its namespace is deleted, stopping uninstalls
+        /// (`kube::removal`).
+        own_pod: Option<(String, String)>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -977,6 +984,38 @@ enum GuardsStarted {
     Failed(String),
 }
 
+/// SIGTERM in Kubernetes mode: uninstall when the agent's DaemonSet or namespace is being
+/// deleted, else leave the pinned programs enforcing for the next agent.
+async fn stop_for_removal(removal: &Removal, rec: Reconciler, bpffs: &Path) {
+    match removal.decide(Duration::from_secs(3)).await {
+        Decision::Keep(why) => {
+            tracing::info!("SIGTERM: exiting; pinned programs keep enforcing ({why})");
+            if why.contains("failing closed") {
+                tracing::warn!(
+                    "if this node is being uninstalled, remove the programs with `enforcer \
+                     uninstall` (deploy/cleanup does it on every node)"
+                );
+            }
+        }
+        Decision::Uninstall(why) => {
+            tracing::warn!("SIGTERM: uninstalling this node's programs: {why}");
+            // Our own handles go first, so that nothing of ours stays attached once the
+            // pins are gone.
+            drop(rec);
+            match bpf::uninstall(bpffs) {
+                Ok(n) => tracing::warn!(
+                    "uninstalled: removed {n} pinned objects under {}",
+                    bpffs.display()
+                ),
+                Err(e) => tracing::error!(
+                    "uninstall incomplete under {}: {e}; run `enforcer uninstall`",
+                    bpffs.display()
+                ),
+            }
+        }
+    }
+}
+
 /// Run the agent until SIGTERM/SIGINT.
 pub async fn run(opts: Options) -> Result<()> {
     let mount = Cgroup2Mount::detect().context("finding the cgroup2 mount")?;
@@ -1040,16 +1079,24 @@ pub async fn run(opts: Options) -> Result<()> {
     let own_cgroup = own_cgroup_below(own_path.as_deref(), &kubepods.path, &mut dp);
     // The source starts now: the API server's initial lists take time.
     let (snap_tx, mut snap_rx) = source::channel();
+    // Kubernetes mode: tells an uninstall from a restart when SIGTERM comes.
+    let mut removal = None;
     match &opts.source {
         SourceKind::Manifests(dir) => {
             tokio::spawn(source::manifests(dir.clone(), snap_tx, metrics.clone()));
         }
-        SourceKind::Kubernetes { kubeconfig } => {
+        SourceKind::Kubernetes {
+            kubeconfig,
+            own_pod,
+        } => {
+            let client = crate::kube::client(kubeconfig.as_deref()).await?;
+            removal = own_pod
+                .clone()
+                .map(|(ns, pod)| crate::kube::removal::Removal::spawn(client.clone(), ns, pod));
             let node = opts.node.clone();
-            let kubeconfig = kubeconfig.clone();
             let m = metrics.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::kube::run(node, kubeconfig, snap_tx, m).await {
+                if let Err(e) = crate::kube::run(client, node, snap_tx, m).await {
                     tracing::error!("Kubernetes source stopped: {e:#}");
                 }
             });
@@ -1224,6 +1271,10 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
             }
             _ = term.recv() => {
+                if let Some(removal) = &removal {
+                    stop_for_removal(removal, rec, &opts.bpffs).await;
+                    return Ok(());
+                }
                 tracing::info!("SIGTERM: exiting; pinned programs keep enforcing");
                 break;
             }

@@ -40,11 +40,11 @@
 //!   `enforcer_kube_snapshot_build_seconds`: time to build the last one.
 
 mod objects;
+pub mod removal;
 mod store;
 mod watch;
 
 use std::{
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -139,18 +139,10 @@ impl Default for Tuning {
     }
 }
 
-/// Watch the API server and publish snapshots until an unrecoverable error (or until every
-/// receiver of `tx` is gone, which returns `Ok`).
-///
-/// `kubeconfig`: a kubeconfig file (its current context); by default the in-cluster
+/// The client for `kubeconfig` (its current context), by default the in-cluster
 /// configuration (service account token and CA, `KUBERNETES_SERVICE_HOST`/`_PORT`).
-pub async fn run(
-    node: String,
-    kubeconfig: Option<PathBuf>,
-    tx: SnapshotTx,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    let config = match &kubeconfig {
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
@@ -164,7 +156,17 @@ pub async fn run(
         )?,
     };
     tracing::info!("Kubernetes API server: {}", config.cluster_url);
-    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Watch the API server and publish snapshots until an unrecoverable error (or until every
+/// receiver of `tx` is gone, which returns `Ok`).
+pub async fn run(
+    client: Client,
+    node: String,
+    tx: SnapshotTx,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
     run_with_client(client, node, tx, metrics, Tuning::default()).await
 }
 

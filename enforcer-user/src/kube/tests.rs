@@ -1127,12 +1127,8 @@ async fn run_reads_a_kubeconfig() {
     )
     .unwrap();
     let (tx, mut rx) = source::channel();
-    let task = tokio::spawn(run(
-        NODE.into(),
-        Some(path.clone()),
-        tx,
-        Arc::new(Metrics::new()),
-    ));
+    let c = client(Some(&path)).await.expect("a client");
+    let task = tokio::spawn(run(c, NODE.into(), tx, Arc::new(Metrics::new())));
     timeout(WAIT, rx.wait_for(Option::is_some))
         .await
         .expect("a snapshot")
@@ -1145,14 +1141,14 @@ async fn run_reads_a_kubeconfig() {
     );
     task.abort();
 
-    let (tx, _rx) = source::channel();
     let missing = dir.path().join("nope");
-    let e = run(NODE.into(), Some(missing), tx, Arc::new(Metrics::new()))
-        .await
-        .unwrap_err();
+    let Err(e) = client(Some(&missing)).await else {
+        panic!("a missing kubeconfig is an error")
+    };
     assert!(format!("{e:#}").contains("nope"), "{e:#}");
     let (tx, _rx) = source::channel();
-    let e = run("".into(), Some(path), tx, Arc::new(Metrics::new()))
+    let c = client(Some(&path)).await.expect("a client");
+    let e = run(c, "".into(), tx, Arc::new(Metrics::new()))
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("node name"), "{e:#}");
@@ -1270,4 +1266,129 @@ fn the_default_backoff_retries_within_seconds() {
     assert!(delays[7] >= Duration::from_secs(5), "{delays:?}");
     b.reset();
     assert!(b.next().unwrap() <= Duration::from_millis(600));
+}
+
+/// The agent's pod, owned by its DaemonSet, in its namespace.
+fn seed_agent(api: &FakeApi) {
+    api.put(R::Namespaces, namespace("enforcer-system", &[]));
+    api.put(
+        R::DaemonSets,
+        json!({"metadata": {"name": "enforcer", "namespace": "enforcer-system", "uid": "ds-1"}}),
+    );
+    api.put(
+        R::Pods,
+        json!({"metadata": {"name": "enforcer-x7k2p", "namespace": "enforcer-system",
+                            "uid": "pod-1",
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                                 "name": "enforcer", "uid": "ds-1",
+                                                 "controller": true}]},
+               "spec": {"nodeName": NODE, "containers": []}}),
+    );
+}
+
+fn removal(api: &FakeApi) -> removal::Removal {
+    removal::Removal::spawn(
+        api.client(),
+        "enforcer-system".into(),
+        "enforcer-x7k2p".into(),
+    )
+}
+
+/// What `kubectl delete -k deploy/` does to the agent's access: every new request is
+/// refused (its ClusterRoleBinding and ServiceAccount go in the same sweep).
+fn revoke_access(api: &FakeApi) {
+    for r in R::ALL {
+        api.fault(Fault::new(r, Verb::List, 403));
+        api.fault(Fault::new(r, Verb::Watch, 403));
+    }
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_programs_and_a_deleted_daemonset_removes_them() {
+    use removal::Decision;
+    let api = FakeApi::start().await;
+    seed_agent(&api);
+    let r = removal(&api);
+    eventually("both watches", || {
+        api.watchers(R::DaemonSets) == 1 && api.watchers(R::Namespaces) == 1
+    })
+    .await;
+    // The DaemonSet is read by name in the agent's namespace, never listed cluster-wide.
+    let ds = api.requests_for(R::DaemonSets, Verb::List);
+    assert!(
+        ds.iter()
+            .all(|q| q.path.contains("/namespaces/enforcer-system/")
+                && q.param("fieldSelector") == Some("metadata.name=enforcer")),
+        "{ds:?}"
+    );
+    let d = r.decide(WAIT).await;
+    assert!(
+        matches!(&d, Decision::Keep(why) if why.contains("in place")),
+        "{d:?}"
+    );
+
+    // Deleted while the agent can no longer read anything: the open watch saw it.
+    revoke_access(&api);
+    api.delete(R::DaemonSets, "enforcer-system", "enforcer");
+    let d = timeout(WAIT, async {
+        loop {
+            match r.decide(Duration::from_millis(200)).await {
+                Decision::Keep(_) => sleep(Duration::from_millis(10)).await,
+                d => break d,
+            }
+        }
+    })
+    .await
+    .expect("the deletion is seen");
+    assert!(
+        matches!(&d, Decision::Uninstall(why) if why.contains("DaemonSet enforcer-system/enforcer is deleted (seen by the watch)")),
+        "{d:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_terminating_namespace_removes_them_too() {
+    use removal::Decision;
+    let api = FakeApi::start().await;
+    seed_agent(&api);
+    let r = removal(&api);
+    eventually("both watches", || {
+        api.watchers(R::DaemonSets) == 1 && api.watchers(R::Namespaces) == 1
+    })
+    .await;
+    let mut ns = namespace("enforcer-system", &[]);
+    ns["metadata"]["deletionTimestamp"] = json!("2026-12-07T10:00:00Z");
+    api.put(R::Namespaces, ns);
+    // Read fresh at SIGTERM, or seen by the watch: either says so.
+    let d = r.decide(WAIT).await;
+    assert!(
+        matches!(&d, Decision::Uninstall(why) if why.contains("namespace enforcer-system is being deleted")),
+        "{d:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_api_server_that_does_not_answer_keeps_the_programs() {
+    use removal::Decision;
+    let api = FakeApi::start().await;
+    seed_agent(&api);
+    for r in R::ALL {
+        api.fault(Fault::new(r, Verb::List, 500));
+        api.fault(Fault::new(r, Verb::Watch, 500));
+    }
+    let r = removal(&api);
+    let d = r.decide(Duration::from_millis(500)).await;
+    assert!(
+        matches!(&d, Decision::Keep(why) if why.contains("failing closed")),
+        "{d:?}"
+    );
+    // Known owner, but neither object can be read and nothing was seen: the same.
+    api.clear_faults();
+    eventually("both watches", || api.watchers(R::DaemonSets) == 1).await;
+    revoke_access(&api);
+    let d = r.decide(Duration::from_millis(500)).await;
+    assert!(
+        matches!(&d, Decision::Keep(why) if why.contains("failing closed")),
+        "{d:?}"
+    );
 }

@@ -17,7 +17,9 @@ Run by xtask/src/deploy_check.rs with the virtualenv that `cargo xtask setup` cr
 4. shellcheck on the end-to-end scripts (--shellcheck DIR), where shellcheck is installed.
 5. Project rules on the agent's objects wherever they appear (files and renders): the
    ClusterRole grants exactly get/list/watch on pods, namespaces, services,
-   endpointslices, networkpolicies and runtimepolicies; the DaemonSet keeps its least-privilege shape (see deploy/README.md).
+   endpointslices, networkpolicies and runtimepolicies; the namespaced Role only reads
+   daemonsets (the agent's own); the DaemonSet keeps its least-privilege shape (see
+   deploy/README.md).
 
 Exit status 0 only if everything passed.
 """
@@ -205,6 +207,23 @@ def check_rbac(doc):
     return errs
 
 
+def check_role(doc):
+    """The namespaced Role: reading the agent's own DaemonSet, nothing else."""
+    o = doc.obj
+    if o.get("kind") != "Role" or o["metadata"].get("name") != "enforcer":
+        return []
+    got = {}
+    for rule in o.get("rules") or []:
+        for g in rule.get("apiGroups") or []:
+            for r in rule.get("resources") or []:
+                got.setdefault((g, r), set()).update(rule.get("verbs") or [])
+    want = {("apps", "daemonsets"): {"get", "list", "watch"}}
+    if got != want:
+        return ["%s: Role enforcer must grant exactly apps/daemonsets:get+list+watch, it grants %s"
+                % (doc.name(), sorted((g, r, sorted(v)) for (g, r), v in got.items()))]
+    return []
+
+
 def check_daemonset(doc):
     o = doc.obj
     if o.get("kind") != "DaemonSet" or o["metadata"].get("name") != "enforcer":
@@ -243,6 +262,12 @@ def check_daemonset(doc):
                  and ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == "spec.nodeName"
                  for e in c.get("env") or []),
              "NODE_NAME must come from the downward API (spec.nodeName)")
+        for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+            need(any(e.get("name") == name
+                     and ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == field
+                     for e in c.get("env") or []),
+                 "%s must come from the downward API (%s): without it, deleting the DaemonSet "
+                 "leaves the programs attached" % (name, field))
         for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
             get = (c.get(probe) or {}).get("httpGet") or {}
             need(get.get("path") == path and get.get("port") in (9717, "health"),
@@ -298,7 +323,7 @@ def check_all(docs, crds, versions):
     for d in docs:
         e = validate_doc(d, crds, versions)
         if not e:
-            e = check_rbac(d) + check_daemonset(d) + check_crd(d)
+            e = check_rbac(d) + check_role(d) + check_daemonset(d) + check_crd(d)
         errs += e
     return errs
 

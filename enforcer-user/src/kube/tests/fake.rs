@@ -45,16 +45,18 @@ pub enum R {
     RuntimePolicies,
     Services,
     EndpointSlices,
+    DaemonSets,
 }
 
 impl R {
-    pub const ALL: [R; 6] = [
+    pub const ALL: [R; 7] = [
         R::Pods,
         R::Namespaces,
         R::NetworkPolicies,
         R::RuntimePolicies,
         R::Services,
         R::EndpointSlices,
+        R::DaemonSets,
     ];
 
     pub fn path(self) -> &'static str {
@@ -65,6 +67,7 @@ impl R {
             R::RuntimePolicies => "/apis/enforcer.dev/v1alpha1/runtimepolicies",
             R::Services => "/api/v1/services",
             R::EndpointSlices => "/apis/discovery.k8s.io/v1/endpointslices",
+            R::DaemonSets => "/apis/apps/v1/daemonsets",
         }
     }
 
@@ -74,6 +77,7 @@ impl R {
             R::NetworkPolicies => "networking.k8s.io/v1",
             R::RuntimePolicies => "enforcer.dev/v1alpha1",
             R::EndpointSlices => "discovery.k8s.io/v1",
+            R::DaemonSets => "apps/v1",
         }
     }
 
@@ -85,6 +89,7 @@ impl R {
             R::RuntimePolicies => "RuntimePolicy",
             R::Services => "Service",
             R::EndpointSlices => "EndpointSlice",
+            R::DaemonSets => "DaemonSet",
         }
     }
 }
@@ -557,10 +562,35 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
+/// The collection a path names, with the namespace and the object name when it names
+/// them: `/api/v1/pods`, `/api/v1/namespaces/NS/pods[/NAME]`, `/api/v1/namespaces/NAME`.
+fn route(path: &str) -> Option<(R, Option<String>, Option<String>)> {
+    for r in R::ALL {
+        if r.path() == path {
+            return Some((r, None, None));
+        }
+        let (prefix, plural) = r.path().rsplit_once('/').unwrap();
+        let Some(rest) = path.strip_prefix(&format!("{prefix}/namespaces/")) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        match (r, parts.as_slice()) {
+            (R::Namespaces, [name]) => return Some((r, None, Some(name.to_string()))),
+            (_, [ns, p]) if *p == plural => return Some((r, Some(ns.to_string()), None)),
+            (_, [ns, p, name]) if *p == plural => {
+                return Some((r, Some(ns.to_string()), Some(name.to_string())));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 fn handle(state: &Mutex<Inner>, req: HttpRequest<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query: BTreeMap<String, String> = form_urlencoded(req.uri().query().unwrap_or_default());
-    let resource = R::ALL.into_iter().find(|r| r.path() == path);
+    let routed = route(&path);
+    let resource = routed.as_ref().map(|(r, _, _)| *r);
     let request = Request {
         resource,
         path,
@@ -608,10 +638,29 @@ fn handle(state: &Mutex<Inner>, req: HttpRequest<Incoming>) -> Response<Body> {
         }
         return resp;
     }
-    let selector = match parse_selector(request.param("fieldSelector").unwrap_or("")) {
+    let mut selector = match parse_selector(request.param("fieldSelector").unwrap_or("")) {
         Ok(s) => s,
         Err(e) => return error(400, "BadRequest", &e),
     };
+    let (_, namespace, name) = routed.unwrap();
+    if let Some(ns) = namespace.clone() {
+        selector.push(Term {
+            field: "metadata.namespace".into(),
+            equal: true,
+            value: ns,
+        });
+    }
+    if let Some(name) = name {
+        let key = (namespace.unwrap_or_default(), name);
+        return match inner.collections[&r].objects.get(&key) {
+            Some(o) => full(StatusCode::OK, o.clone()),
+            None => error(
+                404,
+                "NotFound",
+                &format!("{} {:?} not found", r.kind(), key.1),
+            ),
+        };
+    }
     match verb {
         Verb::List => list(&mut inner, r, &request, &selector),
         Verb::Watch => watch(&mut inner, r, &request, selector),
