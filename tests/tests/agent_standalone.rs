@@ -146,6 +146,79 @@ spec:
     );
 }
 
+/// The hostile corpus (tests/corpus/manifests) dropped next to a valid policy: the real
+/// agent reports every case, naming its file, and enforces the valid policy as before, with
+/// real traffic.
+#[test]
+fn the_hostile_corpus_is_reported_and_the_valid_policy_stays_enforced() {
+    let Some(node) = node(
+        "the_hostile_corpus_is_reported_and_the_valid_policy_stays_enforced",
+        69,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    node.write_manifest(
+        "10-allow.yaml",
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-to-b-80, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {}}]
+    ports: [{port: 80}]
+"#,
+    );
+    let agent = node.start_agent(&[]);
+    let check = |when: &str| {
+        assert_eq!(
+            node.probe("x/a", "x/b", "tcp", 80, false, 1000),
+            "ok",
+            "{when}: the allowed flow"
+        );
+        assert_eq!(
+            node.probe("x/a", "x/b", "tcp", 81, false, 500),
+            "eperm",
+            "{when}: the denied flow"
+        );
+    };
+    check("before the corpus");
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/manifests");
+    let mut cases = Vec::new();
+    for e in std::fs::read_dir(&corpus).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") || name.ends_with(".json") {
+            std::fs::copy(e.path(), node.manifests.path().join(format!("50-{name}"))).unwrap();
+            cases.push(format!("50-{name}"));
+        }
+    }
+    let start = Instant::now();
+    loop {
+        let log = agent.log_text();
+        let missing: Vec<&String> = cases.iter().filter(|c| !log.contains(c.as_str())).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not reported: {missing:?}\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let errors = agent.metric("enforcer_manifest_errors").unwrap_or(0.0);
+    assert!(
+        errors >= cases.len() as f64,
+        "{errors} errors for {} cases",
+        cases.len()
+    );
+    check("with the corpus loaded");
+    assert_eq!(agent.get("/readyz").0, 200);
+    assert_eq!(agent.get("/healthz").0, 200);
+}
+
 #[test]
 fn pods_are_enforced_when_their_cgroup_and_manifest_appear() {
     let Some(mut node) = node(

@@ -22,11 +22,7 @@ fn our_programs() -> Vec<String> {
         .into_iter()
         .flatten()
         .filter_map(|p| p["name"].as_str())
-        .filter(|n| {
-            ["net_", "guard_", "lsm_"]
-                .iter()
-                .any(|p| n.starts_with(p))
-        })
+        .filter(|n| ["net_", "guard_", "lsm_"].iter().any(|p| n.starts_with(p)))
         .map(str::to_string)
         .collect()
 }
@@ -54,18 +50,16 @@ fn deleting_the_install_removes_everything_and_new_pods_work() {
     );
     // The one step: namespace, RBAC, DaemonSet and CRD in one sweep (the agent loses its
     // access while it stops; its watches have seen the deletion).
-    k.ok(&[
-        "delete",
-        "-k",
-        &deploy,
-        "--wait=true",
-        "--timeout=180s",
-    ]);
+    k.ok(&["delete", "-k", &deploy, "--wait=true", "--timeout=180s"]);
     let pins = Path::new("/sys/fs/bpf/enforcer");
     let left: Vec<_> = std::fs::read_dir(pins)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "pins remain under {}: {left:?}", pins.display());
+    assert!(
+        left.is_empty(),
+        "pins remain under {}: {left:?}",
+        pins.display()
+    );
     let cg = "/sys/fs/cgroup/unified/kubepods";
     let show = Command::new("bpftool")
         .args(["cgroup", "show", cg])
@@ -94,6 +88,9 @@ fn deleting_the_install_removes_everything_and_new_pods_work() {
     let server = k.pod_ip(&ns.name, "server");
     for (port, proto) in [("80", "tcp"), ("81", "udp")] {
         let got = k.connect(&ns.name, "client", &format!("{server}:{port}"), proto);
-        assert_eq!(got, "ok", "a new pod after the uninstall: {proto} to {server}");
+        assert_eq!(
+            got, "ok",
+            "a new pod after the uninstall: {proto} to {server}"
+        );
     }
 }

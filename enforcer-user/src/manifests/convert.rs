@@ -8,7 +8,11 @@
 //! The functions do not care where the objects come from: standalone manifests and (later)
 //! the API server share them.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
 
 use k8s_openapi::{
     api::{core::v1 as core, networking::v1 as net},
@@ -476,7 +480,38 @@ pub fn network_policy(np: &net::NetworkPolicy) -> Result<model::NetworkPolicy, V
 pub fn network_policy_fail_closed(
     np: &net::NetworkPolicy,
 ) -> (model::NetworkPolicy, Vec<FieldError>) {
+    network_policy_with_unknown_fields(np, &[])
+}
+
+/// [`network_policy_fail_closed`] for a policy whose manifest had fields its schema does
+/// not know (`unknown`: their paths, like `spec.ingress[0].fromm`). Each is an error, and
+/// fails closed where it is: a rule with one allows nothing (a misspelt `from` would
+/// otherwise leave a rule that allows every peer), one in `spec.podSelector` selects every
+/// pod of the namespace, one elsewhere in `spec` (a misspelt `ingress` or `policyTypes`)
+/// isolates both directions. Elsewhere (metadata) it is only reported.
+pub fn network_policy_with_unknown_fields(
+    np: &net::NetworkPolicy,
+    unknown: &[String],
+) -> (model::NetworkPolicy, Vec<FieldError>) {
     let mut errs = Errors::default();
+    let rule_of = |dir: &str| -> BTreeSet<usize> {
+        unknown
+            .iter()
+            .filter_map(|f| f.strip_prefix(&format!("spec.{dir}[")))
+            .filter_map(|r| r.split_once(']')?.0.parse().ok())
+            .collect()
+    };
+    let (bad_ingress, bad_egress) = (rule_of("ingress"), rule_of("egress"));
+    let bad_selector = unknown.iter().any(|f| f.starts_with("spec.podSelector."));
+    let bad_spec = unknown.iter().any(|f| {
+        f.starts_with("spec.")
+            && !f.starts_with("spec.podSelector.")
+            && !f.starts_with("spec.ingress[")
+            && !f.starts_with("spec.egress[")
+    });
+    for f in unknown {
+        errs.push(f.clone(), "unknown field");
+    }
     let meta = &np.metadata;
     let mut name = object_name(meta, names::dns1123_subdomain, &mut errs);
     if name.is_empty() {
@@ -488,7 +523,7 @@ pub fn network_policy_fail_closed(
 
     let before = errs.0.len();
     let mut pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector", &mut errs);
-    if errs.0.len() > before {
+    if errs.0.len() > before || bad_selector {
         pod_selector = LabelSelector::default();
     }
 
@@ -516,7 +551,7 @@ pub fn network_policy_fail_closed(
         }
         _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
     };
-    if errs.0.len() > before {
+    if errs.0.len() > before || bad_spec {
         (ingress_isolation, egress_isolation) = (true, true);
     }
 
@@ -532,7 +567,7 @@ pub fn network_policy_fail_closed(
             &namespace,
             &mut errs,
         );
-        if errs.0.len() == before {
+        if errs.0.len() == before && !bad_ingress.contains(&i) {
             ingress.push(rule);
         }
     }
@@ -548,7 +583,7 @@ pub fn network_policy_fail_closed(
             &namespace,
             &mut errs,
         );
-        if errs.0.len() == before {
+        if errs.0.len() == before && !bad_egress.contains(&i) {
             egress.push(rule);
         }
     }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1 as core, networking::v1 as net};
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use super::{
@@ -255,11 +255,22 @@ impl Loader {
             file: path,
             document: 0,
         };
-        let bytes = match fs::read(path) {
+        let bytes = match read_bounded(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => return self.unattributed(whole, None, None, format!("cannot read: {e}")),
         };
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return self.unattributed(
+                whole,
+                None,
+                None,
+                format!(
+                    "larger than {} MiB: not read (split it into several files)",
+                    MAX_FILE_BYTES >> 20
+                ),
+            );
+        }
         let Ok(text) = String::from_utf8(bytes) else {
             return self.unattributed(whole, None, None, "not UTF-8 text");
         };
@@ -277,6 +288,24 @@ impl Loader {
                 file: path,
                 document: i + 1,
             };
+            if part.text.len() > MAX_DOCUMENT_BYTES {
+                let message = format!(
+                    "document of {} bytes, over the limit of {} MiB (the API server's \
+                     request limit is 3 MiB)",
+                    part.text.len(),
+                    MAX_DOCUMENT_BYTES >> 20
+                );
+                self.unattributed(doc, None, None, message);
+                continue;
+            }
+            if let Some(line) = flow_deeper_than(part.text, MAX_FLOW_DEPTH) {
+                let message = format!(
+                    "invalid YAML: nested more than {MAX_FLOW_DEPTH} levels deep at line {}",
+                    part.first_line + line
+                );
+                self.unattributed(doc, None, None, message);
+                continue;
+            }
             // Pad with the lines before the document so that errors carry the file's line
             // numbers.
             let padded = format!("{}{}", "\n".repeat(part.first_line), part.text);
@@ -290,7 +319,10 @@ impl Loader {
     fn json(&mut self, path: &Path, text: &str) {
         let mut values = Vec::new();
         let mut syntax_error = None;
-        for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        let mut too_large = None;
+        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+        let mut start = 0;
+        while let Some(value) = stream.next() {
             match value {
                 Ok(value) => values.push(value),
                 Err(e) => {
@@ -298,6 +330,11 @@ impl Loader {
                     break;
                 }
             }
+            let end = stream.byte_offset();
+            if end - start > MAX_DOCUMENT_BYTES {
+                too_large.get_or_insert((values.len(), end - start));
+            }
+            start = end;
         }
         // The file's text locates decoding errors only when it is a single document.
         let text = (values.len() == 1 && syntax_error.is_none()).then_some(Text::Json(text));
@@ -306,6 +343,17 @@ impl Loader {
                 file: path,
                 document: i + 1,
             };
+            if let Some((n, size)) = too_large
+                && n == i + 1
+            {
+                let message = format!(
+                    "document of {size} bytes, over the limit of {} MiB (the API server's \
+                     request limit is 3 MiB)",
+                    MAX_DOCUMENT_BYTES >> 20
+                );
+                self.unattributed(doc, None, None, message);
+                continue;
+            }
             self.document(doc, value, text);
         }
         if let Some(e) = syntax_error {
@@ -453,6 +501,18 @@ impl Loader {
                 }
                 Some(*object)
             }
+            Err(Invalid::Unknown(object, fields)) => {
+                for f in fields {
+                    self.error(
+                        doc,
+                        label.clone(),
+                        Some(f),
+                        "unknown field (ignored, as the API server ignores it without strict \
+                         field validation)",
+                    );
+                }
+                Some(*object)
+            }
         };
         self.result.objects.push(Loaded {
             id,
@@ -472,6 +532,9 @@ enum Invalid {
     /// Fields break validation rules, and the object is still enforced in a fail-closed
     /// form (NetworkPolicies: see `convert::network_policy_fail_closed`).
     FailClosed(Box<Object>, Vec<FieldError>),
+    /// Fields its schema does not know, left out as the API server leaves them out without
+    /// strict validation; the rest of the object is used.
+    Unknown(Box<Object>, Vec<String>),
 }
 
 impl From<Vec<FieldError>> for Invalid {
@@ -487,36 +550,48 @@ fn convert_object(
     id: &ObjectId,
     text: Option<Text<'_>>,
 ) -> Result<Object, Invalid> {
-    Ok(match kind {
+    let (object, unknown) = match kind {
         Kind::Namespace => {
-            let ns: core::Namespace = decode(value, text)?;
-            Object::Namespace(convert::namespace(&ns)?)
+            let (ns, unknown) = decode::<core::Namespace>(value, text)?;
+            (Object::Namespace(convert::namespace(&ns)?), unknown)
         }
         Kind::Pod => {
-            let pod: core::Pod = decode(value, text)?;
-            Object::Pod(convert::pod(&pod)?)
+            let (pod, unknown) = decode::<core::Pod>(value, text)?;
+            (Object::Pod(convert::pod(&pod)?), unknown)
         }
         Kind::NetworkPolicy => {
-            let np: net::NetworkPolicy = decode(value, text)?;
-            let (policy, errors) = convert::network_policy_fail_closed(&np);
+            let (np, unknown) = decode::<net::NetworkPolicy>(value, text)?;
+            let (policy, errors) = convert::network_policy_with_unknown_fields(&np, &unknown);
             if !errors.is_empty() {
                 return Err(Invalid::FailClosed(
                     Box::new(Object::NetworkPolicy(policy)),
                     errors,
                 ));
             }
-            Object::NetworkPolicy(policy)
+            (Object::NetworkPolicy(policy), unknown)
         }
-        Kind::RuntimePolicy => Object::RuntimePolicy(runtime_policy(value, id)?),
+        Kind::RuntimePolicy => (
+            Object::RuntimePolicy(runtime_policy(value, id)?),
+            Vec::new(),
+        ),
         Kind::Service => {
-            let svc: core::Service = decode(value, text)?;
-            Object::Service(convert::service(&svc)?)
+            let (svc, unknown) = decode::<core::Service>(value, text)?;
+            (Object::Service(convert::service(&svc)?), unknown)
         }
         Kind::EndpointSlice => {
-            let slice: k8s_openapi::api::discovery::v1::EndpointSlice = decode(value, text)?;
-            Object::EndpointSlice(convert::endpoint_slice(&slice)?)
+            let (slice, unknown) =
+                decode::<k8s_openapi::api::discovery::v1::EndpointSlice>(value, text)?;
+            (
+                Object::EndpointSlice(convert::endpoint_slice(&slice)?),
+                unknown,
+            )
         }
-    })
+    };
+    if unknown.is_empty() {
+        Ok(object)
+    } else {
+        Err(Invalid::Unknown(Box::new(object), unknown))
+    }
 }
 
 /// A RuntimePolicy: name, namespace and spec validated.
@@ -560,10 +635,20 @@ enum Text<'a> {
     Json(&'a str),
 }
 
-/// Decodes a k8s-openapi object from its JSON value.
-fn decode<T: DeserializeOwned>(value: &Value, text: Option<Text<'_>>) -> Result<T, Invalid> {
+/// Decodes a k8s-openapi object from its JSON value, with the paths of the fields its
+/// schema does not know (which the decoding drops).
+fn decode<T: DeserializeOwned + Serialize>(
+    value: &Value,
+    text: Option<Text<'_>>,
+) -> Result<(T, Vec<String>), Invalid> {
     let error = match T::deserialize(value) {
-        Ok(object) => return Ok(object),
+        Ok(object) => {
+            let mut unknown = Vec::new();
+            if let Ok(decoded) = serde_json::to_value(&object) {
+                unknown_fields(value, &decoded, "", &mut unknown);
+            }
+            return Ok((object, unknown));
+        }
         Err(e) => e,
     };
     // serde_json's errors from a Value name neither the field nor the line. The same
@@ -595,6 +680,39 @@ fn decode<T: DeserializeOwned>(value: &Value, text: Option<Text<'_>>) -> Result<
         message = format!("{message} at line {} column {}", e.line(), e.column());
     }
     Err(Invalid::Decode(format!("invalid object: {message}")))
+}
+
+/// Paths in `given` that the decoded object (`kept`, serialized back) does not have:
+/// fields unknown to the schema. Null and empty values are not reported (`status: {}`,
+/// `creationTimestamp: null`, as `kubectl get -o yaml` writes them, carry nothing).
+fn unknown_fields(given: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    };
+    match (given, kept) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, v) in g {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => unknown_fields(v, kv, &p, out),
+                    None if empty(v) => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(k)) => {
+            for (i, (v, kv)) in g.iter().zip(k).enumerate() {
+                unknown_fields(v, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Whether an object of `kind` with `api_version` is meant to be the kind enforcer reads.
@@ -642,6 +760,76 @@ struct YamlDoc<'a> {
     first_line: usize,
     /// Its text, including its `---` marker if any.
     text: &'a str,
+}
+
+/// Files larger than this are not read: a directory of manifests is not a place for
+/// gigabytes, and the agent's memory stays bounded whatever is dropped there.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// One object (or List) per document at most this large. The API server refuses request
+/// bodies over 3 MiB; a little more is allowed for comments and indentation.
+const MAX_DOCUMENT_BYTES: usize = 4 << 20;
+
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing: the
+/// YAML parser takes time quadratic in the depth before its own recursion limit (128)
+/// stops it (100,000 levels in 200 kB kept it busy for 40 s).
+const MAX_FLOW_DEPTH: usize = 256;
+
+/// The 1-based line where flow collections nest deeper than `limit`, if they do. Quoted
+/// scalars and comments are skipped; block scalars are not recognised, so brackets in
+/// them count (no manifest has hundreds of unbalanced ones).
+fn flow_deeper_than(text: &str, limit: usize) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1);
+    let mut chars = text.chars().peekable();
+    let mut prev = '\n';
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            '#' if prev.is_whitespace() => while chars.next_if(|&c| c != '\n').is_some() {},
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' if !prev.is_alphanumeric() => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\'' if chars.next_if_eq(&'\'').is_none() => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(line);
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    None
+}
+
+/// Reads at most [`MAX_FILE_BYTES`] + 1 bytes (enough to tell that a file is over the
+/// limit, whatever its size claims or becomes while it is read).
+fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Splits a YAML stream into documents at `---` marker lines (which YAML forbids inside

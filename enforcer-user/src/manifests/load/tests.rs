@@ -653,3 +653,252 @@ fn document_splitting() {
     );
     assert!(split_documents("# only a comment\n").is_empty());
 }
+
+/// `# expect:` and `# object:` of a corpus case (in the file, or in `<file>.expect` for
+/// JSON, which has no comments).
+fn corpus_expectation(path: &Path) -> (String, Option<String>) {
+    let text = fs::read(path.with_extension(format!(
+        "{}.expect",
+        path.extension().unwrap().to_string_lossy()
+    )))
+    .or_else(|_| fs::read(path))
+    .unwrap();
+    let text = String::from_utf8_lossy(&text);
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    let expect = field("# expect:").unwrap_or_else(|| panic!("{}: no # expect:", path.display()));
+    let object = field("# object:").unwrap_or_else(|| panic!("{}: no # object:", path.display()));
+    (expect, (object != "none").then_some(object))
+}
+
+/// The hostile corpus (tests/corpus/manifests/README.md), loaded together with valid
+/// manifests as the agent loads a directory: each case is rejected with its expected error,
+/// naming its file, its object and the field, and every valid object is kept.
+#[test]
+fn the_hostile_corpus_is_rejected_case_by_case() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/manifests");
+    let dir = dir_with(&[(
+        "00-valid.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            namespace_yaml("x"),
+            pod_yaml("x", "a"),
+            policy_yaml("x", "allow-80", 80)
+        ),
+    )]);
+    let mut cases = Vec::new();
+    for e in fs::read_dir(&corpus).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") || name.ends_with(".json") {
+            fs::copy(e.path(), dir.path().join(&name)).unwrap();
+            cases.push((name, corpus_expectation(&e.path())));
+        }
+    }
+    assert!(
+        cases.len() >= 25,
+        "the corpus shrank: {} cases",
+        cases.len()
+    );
+    let result = load_dir(dir.path());
+    let mut wrong = Vec::new();
+    for (name, (expect, object)) in &cases {
+        let errors: Vec<&ManifestError> = result
+            .errors
+            .iter()
+            .filter(|e| e.file.file_name().unwrap().to_string_lossy() == name.as_str())
+            .collect();
+        if !errors.iter().any(|e| {
+            e.to_string().contains(expect.as_str()) && (object.is_none() || e.object == *object)
+        }) {
+            wrong.push(format!(
+                "{name}: expected an error naming {object:?} with {expect:?}, got {}",
+                errors
+                    .iter()
+                    .map(|e| format!("\n    {e}"))
+                    .collect::<String>()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(
+        result
+            .errors
+            .iter()
+            .all(|e| !e.file.ends_with("00-valid.yaml")),
+        "{:#?}",
+        result.errors
+    );
+    for (kind, ns, name) in [
+        (Kind::Namespace, "", "x"),
+        (Kind::Pod, "x", "a"),
+        (Kind::NetworkPolicy, "x", "allow-80"),
+    ] {
+        assert!(
+            result
+                .objects
+                .iter()
+                .any(|l| l.id == id(kind, ns, name) && l.object.is_some()),
+            "{kind:?} {ns}/{name} lost"
+        );
+    }
+}
+
+/// Inputs built to exhaust the loader: each is refused with an error naming the file (and
+/// document), quickly and without holding more than a bounded amount of memory, and the
+/// valid manifest next to them is kept.
+#[test]
+fn huge_deep_and_self_multiplying_inputs_are_refused() {
+    let mut huge_doc =
+        String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: huge\n  annotations:\n");
+    let mut i = 0;
+    while huge_doc.len() <= (4 << 20) + 10 {
+        huge_doc.push_str(&format!("    a{i}: \"{}\"\n", "x".repeat(200)));
+        i += 1;
+    }
+    // Nine levels of nine aliases: 9^9 (387 million) nodes once expanded.
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for l in 1..10 {
+        let p = l - 1;
+        bomb.push_str(&format!(
+            "a{l}: &a{l} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    let deep_yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: deep, labels: {}x{}}}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let deep_json = format!(
+        "{{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {{\"name\": \"deepj\", \
+         \"labels\": {}1{}}}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let dir = dir_with(&[
+        ("00-valid.yaml", &namespace_yaml("x")),
+        ("huge-doc.yaml", &huge_doc),
+        ("bomb.yaml", &bomb),
+        ("deep.yaml", &deep_yaml),
+        ("deep.json", &deep_json),
+    ]);
+    // Over the file limit: written sparse, so the test itself stays small on disk.
+    let big = fs::File::create(dir.path().join("huge-file.yaml")).unwrap();
+    big.set_len(65 << 20).unwrap();
+    let start = std::time::Instant::now();
+    let result = load_dir(dir.path());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    let error_of = |file: &str| {
+        result
+            .errors
+            .iter()
+            .filter(|e| e.file.file_name().unwrap() == file)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (file, says) in [
+        ("huge-file.yaml", "larger than 64 MiB: not read"),
+        ("huge-doc.yaml", "(document 1): document of"),
+        ("bomb.yaml", "invalid YAML"),
+        (
+            "deep.yaml",
+            "invalid YAML: nested more than 256 levels deep at line 3",
+        ),
+        ("deep.json", "invalid JSON"),
+    ] {
+        let e = error_of(file);
+        assert!(e.contains(says), "{file}: {e:?}");
+    }
+    assert!(
+        result
+            .objects
+            .iter()
+            .any(|l| l.id == id(Kind::Namespace, "", "x") && l.object.is_some())
+    );
+}
+
+/// A field the schema does not know fails closed where it is (a misspelt `from` must not
+/// leave a rule that allows every peer), and is reported.
+#[test]
+fn unknown_fields_in_a_network_policy_fail_closed_where_they_are() {
+    let rule = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: r, \
+                namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  \
+                - fromm: [{podSelector: {}}]\n    ports: [{port: 80}]\n  - from: \
+                [{podSelector: {matchLabels: {app: b}}}]\n";
+    let spec = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: s, \
+                namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  \
+                policyType: [Egress]\n";
+    let meta = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: m, \
+                namespace: x, label: {a: b}}\nspec:\n  podSelector: {}\n  ingress: [{}]\n\
+                status: {}\n";
+    let dir = dir_with(&[("r.yaml", rule), ("s.yaml", spec), ("m.yaml", meta)]);
+    let result = load_dir(dir.path());
+    let policy = |name: &str| match &result
+        .objects
+        .iter()
+        .find(|l| l.id == id(Kind::NetworkPolicy, "x", name))
+        .unwrap()
+        .object
+    {
+        Some(Object::NetworkPolicy(p)) => p.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    // The rule with the unknown field allows nothing; the other rule stays.
+    let r = policy("r");
+    assert!(r.ingress_isolation && !r.egress_isolation);
+    assert_eq!(r.ingress.len(), 1);
+    assert_eq!(r.ingress[0].peers.len(), 1);
+    // A misspelt policyTypes: both directions isolated, nothing allowed.
+    let s = policy("s");
+    assert!(s.ingress_isolation && s.egress_isolation);
+    assert!(s.ingress.is_empty() && s.egress.is_empty());
+    // In metadata: reported, the policy as written (status: {} carries nothing).
+    let m = policy("m");
+    assert_eq!(m.ingress.len(), 1);
+    let fields: Vec<_> = result
+        .errors
+        .iter()
+        .map(|e| (e.object.clone().unwrap(), e.field.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (
+                "NetworkPolicy x/m".to_string(),
+                "metadata.label".to_string()
+            ),
+            ("NetworkPolicy x/r".into(), "spec.ingress[0].fromm".into()),
+            ("NetworkPolicy x/s".into(), "spec.policyType".into()),
+        ]
+    );
+}
+
+#[test]
+fn flow_depth_skips_quotes_and_comments() {
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    assert_eq!(flow_deeper_than(&deep(3), 3), None);
+    assert_eq!(
+        flow_deeper_than(&format!("a: 1\nb: {}", deep(4)), 3),
+        Some(2)
+    );
+    for text in [
+        format!("a: \"{}\"", "[".repeat(10)),
+        format!("a: '{}''{}'", "[".repeat(10), "{".repeat(10)),
+        format!("a: b # {}", "[".repeat(10)),
+        format!("a: \"x\\\"{}\"", "[".repeat(10)),
+    ] {
+        assert_eq!(flow_deeper_than(&text, 3), None, "{text}");
+    }
+    // A quote inside a word is not a quoted scalar.
+    assert_eq!(
+        flow_deeper_than(&format!("a: it's {}", deep(4)), 3),
+        Some(1)
+    );
+}
