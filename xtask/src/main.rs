@@ -2,17 +2,20 @@
 //!
 //! ```text
 //! setup [--check]                 install build/test prerequisites (idempotent; root)
-//! test [--tier T]... [FILTER]     run test tiers: lint, unit, kernel, vm (default: all)
+//! test [--tier T]... [FILTER]     run test tiers: lint, unit, fuzz, kernel, vm, cluster
+//!                                 (default: all)
 //! demo [DIR]                      standalone enforcement on a simulated node (root)
 //! bench [all|network|guards]     benchmarks, ratios vs a baseline in the same run (root):
 //!                                 datapath throughput, propagation, per-packet cost; guards
 //!                                 on vs off (fallback tier here, LSM tier in the VM)
+//! fuzz [TARGET] [--secs N] [--grow] the fuzz targets in fuzz/ for N seconds each
 //! image                           static `enforcer` in an OCI image FROM scratch (buildah)
 //! cluster up|down|status|kubectl  a real single-node Kubernetes cluster (root; see cluster/)
 //! ```
 
 mod cluster;
 mod deploy_check;
+mod fuzz;
 mod image;
 mod setup;
 mod tiers;
@@ -23,7 +26,7 @@ use anyhow::{Result, bail};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|kernel|vm]... [FILTER]\n       cargo xtask demo [DIR]\n       cargo xtask bench [all|network|guards]\n       cargo xtask image\n       cargo xtask cluster up|down|status|kubectl"
+        "usage: cargo xtask setup [--check]\n       cargo xtask test [--tier lint|unit|fuzz|kernel|vm|cluster]... [FILTER]\n       cargo xtask demo [DIR]\n       cargo xtask bench [all|network|guards]\n       cargo xtask fuzz [TARGET] [--secs N] [--grow]\n       cargo xtask image\n       cargo xtask cluster up|down|status|kubectl"
     );
     std::process::exit(2)
 }
@@ -37,6 +40,7 @@ fn main() -> Result<()> {
         "demo" => demo(&args[1..]),
         "bench" => bench(&args[1..]),
         "image" => image::image(&args[1..]),
+        "fuzz" => fuzz::command(&args[1..]),
         "cluster" => cluster::cluster(&args[1..]),
         _ => usage(),
     }
@@ -164,6 +168,7 @@ fn test(args: &[String]) -> Result<()> {
         let tally = match t.as_str() {
             "lint" => tiers::lint()?,
             "unit" => tiers::unit()?,
+            "fuzz" => fuzz::tier()?,
             "kernel" => tiers::kernel(filter.as_deref())?,
             "vm" => tiers::vm(filter.as_deref())?,
             "cluster" => cluster::tier::run(filter.as_deref())?,

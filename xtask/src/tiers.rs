@@ -29,7 +29,7 @@ use crate::{
     vm,
 };
 
-pub const ALL: &[&str] = &["lint", "unit", "kernel", "vm", "cluster"];
+pub const ALL: &[&str] = &["lint", "unit", "fuzz", "kernel", "vm", "cluster"];
 
 #[derive(Default)]
 pub struct Tally {
@@ -131,6 +131,11 @@ pub fn lint() -> Result<Tally> {
         ("rustfmt enforcer-ebpf", {
             let mut c = Command::new("cargo");
             c.args(["fmt", "--check"]).current_dir(&ebpf);
+            c
+        }),
+        ("rustfmt fuzz", {
+            let mut c = Command::new("cargo");
+            c.args(["fmt", "--check"]).current_dir(root.join("fuzz"));
             c
         }),
         ("clippy workspace", {

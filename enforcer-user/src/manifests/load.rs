@@ -74,6 +74,15 @@ pub fn load_dir(dir: &Path) -> LoadResult {
     load_dir_cached(dir, &mut FileCache::default())
 }
 
+/// Loads the content of one manifest file named `name` (`.json` is read as JSON, anything
+/// else as YAML), as [`load_dir`] loads each file. For the fuzz targets and tools that
+/// hold manifests in memory.
+pub fn load_bytes(name: &str, bytes: Vec<u8>) -> LoadResult {
+    let mut loader = Loader::default();
+    loader.content(Path::new(name), bytes);
+    loader.result
+}
+
 /// Per-file results of earlier loads, reused while a file is unchanged (same device, inode,
 /// size, modification and change times), so that a change to one file of a large directory
 /// re-reads only that file.
@@ -259,6 +268,15 @@ impl Loader {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => return self.unattributed(whole, None, None, format!("cannot read: {e}")),
+        };
+        self.content(path, bytes);
+    }
+
+    /// The content of a file (`path` names it in errors and tells JSON from YAML).
+    fn content(&mut self, path: &Path, bytes: Vec<u8>) {
+        let whole = Doc {
+            file: path,
+            document: 0,
         };
         if bytes.len() as u64 > MAX_FILE_BYTES {
             return self.unattributed(

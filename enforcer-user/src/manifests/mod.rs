@@ -23,7 +23,7 @@ mod watch;
 use std::{fmt, path::PathBuf};
 
 pub use convert::FieldError;
-pub use load::{Ignored, LoadResult, Loaded, load_dir};
+pub use load::{Ignored, LoadResult, Loaded, load_bytes, load_dir};
 pub use store::{ReloadReport, Store};
 pub use watch::{DirWatcher, watch};
 
