@@ -1118,40 +1118,69 @@ fn map_err(map: &str) -> impl FnOnce(MapError) -> BpfError + '_ {
 
 /// Detach everything an instance pinned and remove its pins.
 pub fn uninstall(instance_dir: &Path) -> Result<usize, BpfError> {
-    let mut removed = 0;
     if !instance_dir.exists() {
         return Ok(0);
     }
+    let mut removed = 0;
     let versions = fs::read_dir(instance_dir).map_err(io_err(instance_dir))?;
     for v in versions.flatten() {
-        let links = v.path().join("links");
-        if let Ok(entries) = fs::read_dir(&links) {
-            for e in entries.flatten() {
-                let p = e.path();
-                // Unpinning the last reference to a link detaches it.
-                match PinnedLink::from_pin(&p) {
-                    Ok(link) => {
-                        let _ = link.unpin();
-                    }
-                    Err(_) => {
-                        let _ = fs::remove_file(&p);
-                    }
-                }
-                removed += 1;
-            }
-            let _ = fs::remove_dir(&links);
-        }
-        let maps = v.path().join("maps");
-        if let Ok(entries) = fs::read_dir(&maps) {
-            for e in entries.flatten() {
-                fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
-                removed += 1;
-            }
-            let _ = fs::remove_dir(&maps);
-        }
-        let _ = fs::remove_dir(v.path());
+        removed += remove_version(&v.path())?;
     }
     let _ = fs::remove_dir(instance_dir);
+    Ok(removed)
+}
+
+/// After an upgrade: detach and remove what agents of other ABI versions pinned in
+/// `instance_dir` (their programs would otherwise stay attached beside ours, enforcing
+/// their frozen maps). Called once this version's programs are attached, so that the
+/// node is never without enforcement. Returns (version directory, objects removed).
+pub fn remove_other_versions(instance_dir: &Path) -> Result<Vec<(String, usize)>, BpfError> {
+    let ours = format!("v{ABI_VERSION}");
+    let mut out = Vec::new();
+    let Ok(versions) = fs::read_dir(instance_dir) else {
+        return Ok(out);
+    };
+    for v in versions.flatten() {
+        let name = v.file_name().to_string_lossy().into_owned();
+        let is_version = name
+            .strip_prefix('v')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if is_version && name != ours {
+            out.push((name, remove_version(&v.path())?));
+        }
+    }
+    Ok(out)
+}
+
+/// Unpins the links (detaching them: the pin is their last reference once no agent holds
+/// them) and the maps of one version directory, then removes it.
+fn remove_version(dir: &Path) -> Result<usize, BpfError> {
+    let mut removed = 0;
+    let links = dir.join("links");
+    if let Ok(entries) = fs::read_dir(&links) {
+        for e in entries.flatten() {
+            let p = e.path();
+            match PinnedLink::from_pin(&p) {
+                Ok(link) => {
+                    let _ = link.unpin();
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+            removed += 1;
+        }
+        let _ = fs::remove_dir(&links);
+    }
+    let maps = dir.join("maps");
+    if let Ok(entries) = fs::read_dir(&maps) {
+        for e in entries.flatten() {
+            fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+            removed += 1;
+        }
+        let _ = fs::remove_dir(&maps);
+    }
+    let _ = fs::remove_dir(dir);
     Ok(removed)
 }
 

@@ -350,6 +350,68 @@ fn restart_reuses_pinned_state_without_a_gap() {
     drop(first);
 }
 
+/// An upgrade to a binary of another ABI version (another map layout): the previous
+/// version's pins (here: the first agent's, moved to the previous version's directory, as
+/// an older binary leaves them) keep enforcing until the new agent has attached and
+/// programmed its own, and are then detached and removed. Before that, they stayed
+/// attached beside the new programs with frozen maps: a policy removed after the upgrade
+/// still denied.
+#[test]
+fn an_upgrade_removes_what_the_previous_version_left_attached() {
+    let Some(node) = node(
+        "an_upgrade_removes_what_the_previous_version_left_attached",
+        74,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    let attached = |prog: &str| {
+        let out = std::process::Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&node.kubepods)
+            .output()
+            .expect("bpftool");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == prog))
+            .count()
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let mut old = node.start_agent(&[]);
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    old.stop();
+    let ours = old.bpffs.join(format!("v{}", enforcer_common::ABI_VERSION));
+    let previous = old
+        .bpffs
+        .join(format!("v{}", enforcer_common::ABI_VERSION - 1));
+    std::fs::rename(&ours, &previous).expect("moving the pins to the previous version");
+    assert_eq!(attached("net_egress"), 1, "the previous version's program");
+    // No agent: the previous version keeps enforcing.
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+
+    let new = node.start_agent_at(&old.bpffs, &[]);
+    assert!(
+        new.log_text().contains("upgrade: removed the"),
+        "{}",
+        new.log_text()
+    );
+    assert!(!previous.exists(), "the previous version's pins remain");
+    for prog in ["net_ingress", "net_egress", "net_connect4", "net_sendmsg6"] {
+        assert_eq!(attached(prog), 1, "{prog}: ours only");
+    }
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    let before = new.reconciles();
+    node.remove_manifest("10-deny.yaml");
+    new.wait_reconciled(before, Duration::from_secs(5));
+    assert_eq!(
+        node.probe("x/a", "x/b", "tcp", 80, false, 1000),
+        "ok",
+        "a stale program of the previous version still denies"
+    );
+    drop(new);
+    drop(old);
+}
+
 #[test]
 fn network_audit_mode_reports_without_dropping() {
     let Some(node) = node(

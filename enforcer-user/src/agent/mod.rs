@@ -1226,6 +1226,24 @@ pub async fn run(opts: Options) -> Result<()> {
             guards::names_of(rec.pending_guards).join(", ")
         );
     }
+    // Everything of this version is attached and programmed: what an agent of another
+    // ABI version left attached (an upgrade, or a downgrade) goes now, not before.
+    match bpf::remove_other_versions(&opts.bpffs) {
+        Ok(removed) => {
+            for (version, n) in removed {
+                tracing::warn!(
+                    "upgrade: removed the {n} pinned objects of ABI version {version} under {} \
+                     (its programs were still attached)",
+                    opts.bpffs.display()
+                );
+            }
+        }
+        Err(e) => tracing::error!(
+            "could not remove the pins of other ABI versions under {}: {e}; their programs \
+             stay attached beside ours until `enforcer uninstall`",
+            opts.bpffs.display()
+        ),
+    }
     if let GuardsStarted::Failed(why) = &guards_started {
         tracing::error!("not ready: the runtime guards requested are not attached: {why}");
     } else {
