@@ -145,7 +145,10 @@ pub enum BpfError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("program {program}: attaching to {target}: {source}")]
+    #[error(
+        "program {program}: attaching to {target}: {source}{}",
+        attach_hint(source)
+    )]
     Attach {
         program: String,
         target: String,
@@ -341,6 +344,10 @@ impl Datapath {
     pub fn attach_network(&mut self, cgroup: &Path) -> Result<(), BpfError> {
         let cg = fs::File::open(cgroup).map_err(io_err(cgroup))?;
         let target = cgroup.display().to_string();
+        // All or nothing: every program is attached before any is pinned. If one fails,
+        // the links made so far close with this function (a bpf_link detaches when its
+        // last descriptor goes), and what a previous agent pinned is left as it was.
+        let mut attached: Vec<(&str, FdLink)> = Vec::new();
         for (name, attach_type) in NET_SKB_PROGRAMS {
             let prog: &mut CgroupSkb = self.program(name)?;
             prog.load().map_err(|source| load_err(name, source))?;
@@ -350,8 +357,7 @@ impl Datapath {
             let link = prog
                 .take_link(id)
                 .map_err(|source| attach_err(name, &target, source))?;
-            let link = fd_link(name, link)?;
-            self.keep(name, link)?;
+            attached.push((name, fd_link(name, link)?));
         }
         for name in NET_SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = self.program(name)?;
@@ -362,7 +368,9 @@ impl Datapath {
             let link = prog
                 .take_link(id)
                 .map_err(|source| attach_err(name, &target, source))?;
-            let link = fd_link(name, link)?;
+            attached.push((name, fd_link(name, link)?));
+        }
+        for (name, link) in attached {
             self.keep(name, link)?;
         }
         Ok(())
@@ -1098,6 +1106,23 @@ fn load_err(program: &str, source: ProgramError) -> BpfError {
     BpfError::Load {
         program: program.into(),
         source: Box::new(source),
+    }
+}
+
+/// What an attach error means when the kernel's answer alone does not say it.
+fn attach_hint(source: &ProgramError) -> &'static str {
+    let errno = match source {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EPERM) => {
+            " (EPERM: a cgroup above it has a program of this attach type attached without \
+             BPF_F_ALLOW_MULTI, which forbids attaching any below it: another agent or tool \
+             attached there, see `bpftool cgroup tree`; or the agent lacks CAP_BPF and \
+             CAP_NET_ADMIN)"
+        }
+        _ => "",
     }
 }
 

@@ -1639,3 +1639,71 @@ pub mod exemption {
         assert!(p.is_armed(fresh2.id()), "the migrated task's exec arms");
     }
 }
+
+/// A program attached to a cgroup the way a tool without multi-attach support attaches
+/// one (`BPF_PROG_ATTACH` with no flags), which forbids attaching programs of that type
+/// anywhere below it. It allows everything. Detached and closed on drop.
+pub struct ExclusiveCgroupProgram {
+    prog: std::os::fd::OwnedFd,
+    cgroup: std::fs::File,
+    attach_type: u32,
+}
+
+/// `BPF_CGROUP_INET_EGRESS`.
+pub const BPF_CGROUP_INET_EGRESS: u32 = 1;
+
+impl ExclusiveCgroupProgram {
+    /// A cgroup_skb program returning 1, attached to `cgroup` for `attach_type`.
+    pub fn attach(cgroup: &Path, attach_type: u32) -> std::io::Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // r0 = 1; exit
+        let insns: [u64; 2] = [
+            u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        let license = b"GPL\0";
+        // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license.
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&8u32.to_ne_bytes()); // BPF_PROG_TYPE_CGROUP_SKB
+        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        attr[48..54].copy_from_slice(b"excl_t");
+        // SAFETY: a valid BPF_PROG_LOAD attribute block; the pointers outlive the call.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_mut_ptr(), attr.len()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let cgroup = std::fs::File::open(cgroup)?;
+        let this = Self {
+            prog,
+            cgroup,
+            attach_type,
+        };
+        this.call(8, 0)?; // BPF_PROG_ATTACH, no flags
+        Ok(this)
+    }
+
+    fn call(&self, cmd: libc::c_long, flags: u32) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&(self.cgroup.as_raw_fd() as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&(self.prog.as_raw_fd() as u32).to_ne_bytes());
+        attr[8..12].copy_from_slice(&self.attach_type.to_ne_bytes());
+        attr[12..16].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: a valid BPF_PROG_ATTACH/DETACH attribute block.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ExclusiveCgroupProgram {
+    fn drop(&mut self) {
+        let _ = self.call(9, 0); // BPF_PROG_DETACH
+    }
+}

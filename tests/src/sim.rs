@@ -404,6 +404,11 @@ impl SimNode {
         self.spawn_agent_at(&bpffs, extra)
     }
 
+    /// Start an agent on a given bpffs instance directory without waiting for readiness.
+    pub fn spawn_agent_at_dir(&self, bpffs: &Path, extra: &[&str]) -> Agent {
+        self.spawn_agent_at(bpffs, extra)
+    }
+
     /// Start an agent on a given bpffs instance directory (e.g. a previous agent's, to test
     /// restarts) and wait until it is ready.
     pub fn start_agent_at(&self, bpffs: &Path, extra: &[&str]) -> Agent {

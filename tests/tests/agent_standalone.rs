@@ -412,6 +412,83 @@ fn an_upgrade_removes_what_the_previous_version_left_attached() {
     drop(old);
 }
 
+/// Attaching is all or nothing. A tool attached a program without multi-attach flags to a
+/// cgroup above kubepods, which forbids attaching programs of that type below it: the
+/// restarted agent cannot attach its egress program. It must leave none of its new
+/// programs attached (its ingress program attached first), leave the previous agent's
+/// pinned programs enforcing, and say why.
+#[test]
+fn a_refused_attachment_leaves_nothing_half_attached_and_says_why() {
+    let Some(node) = node(
+        "a_refused_attachment_leaves_nothing_half_attached_and_says_why",
+        75,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    let attached = |prog: &str| {
+        let out = std::process::Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&node.kubepods)
+            .output()
+            .expect("bpftool");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == prog))
+            .count()
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let mut first = node.start_agent(&["--runtime-guards", "off"]);
+    first.stop();
+    let ids = |prog: &str| {
+        let out = std::process::Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&node.kubepods)
+            .output()
+            .expect("bpftool");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == prog))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = (ids("net_ingress"), ids("net_egress"));
+    let _blocker = enforcer_tests::ExclusiveCgroupProgram::attach(
+        &node.cgroup_root.path,
+        enforcer_tests::BPF_CGROUP_INET_EGRESS,
+    )
+    .expect("attaching the exclusive program above kubepods");
+
+    let mut second = node.spawn_agent_at_dir(&first.bpffs, &["--runtime-guards", "off"]);
+    let start = Instant::now();
+    while second.running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the agent runs although it could not attach"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = second.log_text();
+    for says in [
+        "net_egress",
+        "BPF_F_ALLOW_MULTI",
+        "none of this start's stays attached",
+    ] {
+        assert!(log.contains(says), "{says:?} not in:\n{log}");
+    }
+    // Nothing of the second agent: the same program ids as before it started.
+    assert_eq!(
+        (ids("net_ingress"), ids("net_egress")),
+        before,
+        "the failed start changed what is attached"
+    );
+    assert_eq!(attached("net_connect4"), 1);
+    // The previous agent's programs still enforce.
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    drop(second);
+    drop(first);
+}
+
 #[test]
 fn network_audit_mode_reports_without_dropping() {
     let Some(node) = node(

@@ -1213,9 +1213,10 @@ pub async fn run(opts: Options) -> Result<()> {
     rec.recompile(&first)?;
     // Holding on to it would keep a second copy of the cluster model alive.
     drop(first);
-    rec.dp
-        .attach_network(&kubepods.path)
-        .context("attaching network programs")?;
+    rec.dp.attach_network(&kubepods.path).context(
+        "attaching the network programs (none of this start's stays attached; what a \
+             previous agent pinned keeps enforcing)",
+    )?;
     if guards_on {
         // From now on (every pod of the first snapshot is classified) a pod cgroup nobody
         // knows gets the strict set.
