@@ -1,6 +1,9 @@
 //! The `enforcer` command.
 
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -104,6 +107,27 @@ enum Command {
         /// as a broken kernel would (the start-up self-test must catch it).
         #[arg(long, hide = true)]
         break_fallback_guard: Vec<String>,
+    },
+    /// Why a flow is allowed or denied: egress at the source pod, ingress at the
+    /// destination pod, by which NetworkPolicy rule, or by default deny. Offline, from a
+    /// directory of manifests; a Service address is explained for each ready backend.
+    Explain {
+        /// Directory of manifests (as for `run --manifests`).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// The source: NAMESPACE/POD or an IP address.
+        #[arg(long)]
+        from: String,
+        /// The destination: NAMESPACE/POD or an IP address ([IPv6]), with :PORT, and
+        /// /TCP (default), /UDP or /SCTP.
+        #[arg(long)]
+        to: String,
+        /// The destination pod's node addresses (ingress from them always passes).
+        #[arg(long = "node-ip")]
+        node_ips: Vec<IpAddr>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what this node's kernel supports and what an instance has attached.
     Status {
@@ -214,6 +238,13 @@ fn main() -> Result<()> {
                 .build()?;
             rt.block_on(agent::run(opts))
         }
+        Command::Explain {
+            manifests,
+            from,
+            to,
+            node_ips,
+            json,
+        } => explain(&manifests, &from, &to, &node_ips, json),
         Command::Status { bpffs } => {
             print!("{}", enforcer::status::report(&bpffs));
             Ok(())
@@ -225,4 +256,57 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `enforcer explain`.
+fn explain(dir: &Path, from: &str, to: &str, node_ips: &[IpAddr], json: bool) -> Result<()> {
+    use enforcer::{model::Protocol, policy::explain as ex};
+    let (from_t, from_port, _) =
+        ex::parse_target(from).map_err(|e| anyhow::anyhow!("--from {e}"))?;
+    if from_port.is_some() {
+        anyhow::bail!("--from {from:?}: the port goes with --to (the destination port)");
+    }
+    let (to_t, port, protocol) = ex::parse_target(to).map_err(|e| anyhow::anyhow!("--to {e}"))?;
+    let port =
+        port.ok_or_else(|| anyhow::anyhow!("--to {to:?}: add the destination port, e.g. {to}:80"))?;
+    let mut store = enforcer::manifests::Store::new();
+    let report = store.reload(dir);
+    for e in &report.errors {
+        eprintln!("warning: {e}");
+    }
+    let cluster = store.cluster();
+    let from_end = ex::resolve(cluster, &from_t)
+        .map_err(|e| anyhow::anyhow!("--from: {e} ({})", dir.display()))?;
+    let to_end = ex::resolve(cluster, &to_t)
+        .map_err(|e| anyhow::anyhow!("--to: {e} ({})", dir.display()))?;
+    let all = ex::explain(
+        cluster,
+        node_ips,
+        from_end,
+        to_end,
+        protocol.unwrap_or(Protocol::Tcp),
+        port,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if all.is_empty() {
+        let msg =
+            format!("{to}: a Service frontend without a ready backend: the connection is refused");
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"to": to, "allowed": false, "reason": "no-ready-backend", "message": msg})
+            );
+        } else {
+            println!("{msg}");
+        }
+        return Ok(());
+    }
+    for e in &all {
+        if json {
+            println!("{}", ex::to_json(e));
+        } else {
+            print!("{}", ex::render(e));
+        }
+    }
+    Ok(())
 }

@@ -45,6 +45,7 @@ use enforcer_common::{Endpoint, IpInfo, PolicyKey, PolicyValue};
 use crate::model::{Cluster, ObjectRef, Peer};
 
 mod compile;
+pub mod explain;
 mod ids;
 mod peers;
 mod prefix;

@@ -165,6 +165,25 @@ fn main() {
     println!("\n== connections");
     run_checks(&node, CHECKS, &mut failures);
 
+    println!("\n== why? `enforcer explain` on the same manifests (offline)");
+    for (from, to) in [("demo/other", "demo/bar:80"), ("demo/foo", "demo/bar:80")] {
+        let out = std::process::Command::new(enforcer_tests::sim::agent_bin())
+            .args(["explain", "--manifests"])
+            .arg(node.manifests.path())
+            .args(["--from", from, "--to", to])
+            .output()
+            .expect("running enforcer explain");
+        if !out.status.success() {
+            failures += 1;
+        }
+        for l in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            println!("   {l}");
+        }
+    }
+
     println!(
         "\n== live change: allow app=other-app to bar-app too (edit in the manifests directory)"
     );

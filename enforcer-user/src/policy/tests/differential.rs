@@ -16,7 +16,7 @@ use enforcer_common::{DIR_EGRESS, DIR_INGRESS, PROTO_ICMP};
 use super::harness::*;
 use crate::{
     model::*,
-    policy::{Compiler, Desired},
+    policy::{Compiler, Desired, explain},
 };
 
 /// xorshift64*: small, deterministic, good enough to pick test cases.
@@ -375,6 +375,21 @@ fn compare(seed: u64, round: u32, w: &World, d: &Desired) -> usize {
                          cluster: {:#?}",
                         pod.key(),
                         w.cluster
+                    );
+                    // `enforcer explain` gives the same verdict, with its reasons.
+                    let dir = if direction == DIR_INGRESS {
+                        explain::Direction::Ingress
+                    } else {
+                        explain::Direction::Egress
+                    };
+                    let why =
+                        explain::direction(&w.cluster, &w.node_ips, pod, dir, remote, proto, port);
+                    assert_eq!(
+                        why.allows(),
+                        want,
+                        "seed {seed} round {round}: explain says {why:?} for pod {} dir \
+                         {direction} remote {remote} proto {proto} port {port}",
+                        pod.key()
                     );
                     checked += 1;
                 }
