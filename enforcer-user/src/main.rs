@@ -96,6 +96,10 @@ enum Command {
         /// Denial log lines per second before rate limiting.
         #[arg(long, default_value_t = 20.0)]
         log_rate: f64,
+        /// Serve the live event stream (`enforcer observe`) on this Unix socket (owner
+        /// only); an empty value turns it off.
+        #[arg(long, default_value = enforcer::agent::observe::DEFAULT_SOCKET)]
+        observe_socket: PathBuf,
         /// Retired: Services are translated at the socket (no deferral any more). Accepted
         /// so that existing manifests keep starting; a warning says it is ignored.
         #[arg(long = "service-cidr", hide = true)]
@@ -126,6 +130,31 @@ enum Command {
         #[arg(long = "node-ip")]
         node_ips: Vec<IpAddr>,
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow this node's verdicts live: denials and audits (allowed new flows too when the
+    /// agent runs with --allow-events) and runtime guard hits, named by pod and policy.
+    Observe {
+        /// The agent's event socket (its --observe-socket).
+        #[arg(long, default_value = enforcer::agent::observe::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Only events of pods in this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only events of this pod (NAMESPACE/NAME).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only this verdict.
+        #[arg(long, value_parser = ["allow", "deny", "audit"])]
+        verdict: Option<String>,
+        /// Only this direction (network events).
+        #[arg(long, value_parser = ["ingress", "egress"])]
+        direction: Option<String>,
+        /// Only network events or only runtime guard events.
+        #[arg(long = "type", value_parser = ["network", "guard"])]
+        kind: Option<String>,
+        /// JSON lines instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -180,6 +209,7 @@ fn main() -> Result<()> {
             network_audit,
             allow_events,
             log_rate,
+            observe_socket,
             service_cidrs,
             runtime_guards,
             break_fallback_guard,
@@ -211,6 +241,7 @@ fn main() -> Result<()> {
                 network_audit,
                 allow_events,
                 log_rate,
+                observe_socket: (!observe_socket.as_os_str().is_empty()).then_some(observe_socket),
                 break_fallback_guards: break_fallback_guard
                     .iter()
                     .map(|n| {
@@ -245,6 +276,25 @@ fn main() -> Result<()> {
             node_ips,
             json,
         } => explain(&manifests, &from, &to, &node_ips, json),
+        Command::Observe {
+            socket,
+            namespace,
+            pod,
+            verdict,
+            direction,
+            kind,
+            json,
+        } => enforcer::agent::observe::follow(
+            &socket,
+            &enforcer::agent::observe::Filter {
+                namespace,
+                pod,
+                verdict,
+                direction,
+                kind,
+            },
+            json,
+        ),
         Command::Status { bpffs } => {
             print!("{}", enforcer::status::report(&bpffs));
             Ok(())

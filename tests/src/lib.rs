@@ -1655,7 +1655,7 @@ pub const BPF_CGROUP_INET_EGRESS: u32 = 1;
 impl ExclusiveCgroupProgram {
     /// A cgroup_skb program returning 1, attached to `cgroup` for `attach_type`.
     pub fn attach(cgroup: &Path, attach_type: u32) -> std::io::Result<Self> {
-        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::fd::FromRawFd;
         // r0 = 1; exit
         let insns: [u64; 2] = [
             u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),

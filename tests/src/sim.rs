@@ -460,6 +460,9 @@ impl SimNode {
         crate::ensure_bpffs();
         let log = self.manifests.path().with_extension(unique("agent.log"));
         let logf = fs::File::create(&log).expect("agent log");
+        let observe = std::env::temp_dir()
+            .join(unique("enf-obs-"))
+            .join("observe.sock");
         let mount = crate::Cgroup2Mount::detect().expect("cgroup2 mount").path;
         let (mut cmd, cgroup_root, cgroup) = if nested {
             // unshare(1) makes the cgroup namespace of the cgroup it runs in (the node's
@@ -494,6 +497,8 @@ impl SimNode {
             .arg(&cgroup_root)
             .args(["--health-addr", &health.to_string(), "--bpffs"])
             .arg(&bpffs)
+            .arg("--observe-socket")
+            .arg(&observe)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -512,6 +517,7 @@ impl SimNode {
             health,
             bpffs,
             log,
+            observe,
             node_ns: self.node_ns.name.clone(),
         }
     }
@@ -611,6 +617,8 @@ pub struct Agent {
     pub health: SocketAddr,
     pub bpffs: PathBuf,
     pub log: PathBuf,
+    /// The agent's event socket (`enforcer observe --socket`).
+    pub observe: PathBuf,
     node_ns: String,
 }
 
@@ -727,6 +735,10 @@ impl Drop for Agent {
         }
         self.uninstall();
         let _ = fs::remove_file(&self.log);
+        let _ = fs::remove_file(&self.observe);
+        if let Some(dir) = self.observe.parent() {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 

@@ -489,6 +489,79 @@ fn a_refused_attachment_leaves_nothing_half_attached_and_says_why() {
     drop(first);
 }
 
+/// `enforcer observe` follows the real agent's verdicts live, named by pod and policy, and
+/// filters them.
+#[test]
+fn observe_streams_the_verdicts_named_and_filtered() {
+    let Some(node) = node(
+        "observe_streams_the_verdicts_named_and_filtered",
+        76,
+        &["a", "b"],
+    ) else {
+        return;
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let agent = node.start_agent(&[]);
+    let follow = |args: &[&str]| {
+        let mut child = std::process::Command::new(enforcer_tests::sim::agent_bin())
+            .arg("observe")
+            .arg("--socket")
+            .arg(&agent.observe)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("enforcer observe");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let (mut json, json_rx) = follow(&["--json", "--pod", "x/a", "--verdict", "deny"]);
+    let (mut text, text_rx) = follow(&["--direction", "egress"]);
+    let (mut other, other_rx) = follow(&["--namespace", "elsewhere"]);
+    // The clients are connected once the agent has them: give them a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let b = node.pods["x/b"].v4.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < deadline {
+        assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 300), "eperm");
+        while let Ok(line) = json_rx.recv_timeout(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+            assert_eq!(v["pod"], "x/a", "{line}");
+            assert_eq!(v["verdict"], "deny", "{line}");
+            if v["direction"] == "egress" && v["destination"] == format!("{b}:80") {
+                seen = Some(v);
+                break;
+            }
+        }
+    }
+    let v = seen.expect("no denial of x/a -> x/b:80 on the stream");
+    assert_eq!(v["type"], "network");
+    assert_eq!(v["protocol"], "tcp");
+    assert_eq!(v["reason"], "default-deny", "{v}");
+    assert_eq!(v["peer"], "x/b", "{v}");
+    let line = text_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a text line");
+    assert!(line.contains("deny egress tcp"), "{line}");
+    assert!(
+        other_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "an event of another namespace passed the filter"
+    );
+    for c in [&mut json, &mut text, &mut other] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 #[test]
 fn network_audit_mode_reports_without_dropping() {
     let Some(node) = node(

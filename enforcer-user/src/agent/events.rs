@@ -123,49 +123,100 @@ fn cstr(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
+/// A network event with its names resolved.
+struct NetView {
+    /// The pod whose program saw it.
+    pod: String,
+    src: String,
+    dst: String,
+    /// The peer's name (a pod of this node, "node", "world" or its identity), if known.
+    peer: Option<String>,
+    /// The policy that decided, when a policy entry did.
+    policy: Option<String>,
+}
+
+fn net_view(e: &NetEvent, names: &Names) -> NetView {
+    let pod = names
+        .endpoints
+        .get(&e.endpoint)
+        .map(|p| p.to_string())
+        .or_else(|| names.cgroups.get(&e.cgroup_id).map(|p| p.to_string()))
+        .unwrap_or_else(|| format!("cgroup:{}", e.cgroup_id));
+    let remote_ip = addr(&e.remote);
+    // The kernel resolves the peer's identity only when policy needs it: for a direction
+    // the pod is not isolated in, "world" would be a guess.
+    let resolved = !matches!(e.reason, REASON_NOT_ISOLATED | REASON_LOOPBACK);
+    let peer = match names.local_ips.get(&remote_ip) {
+        Some(p) => Some(p.to_string()),
+        None if names.node_ips.contains(&remote_ip) => Some("node".to_string()),
+        None => match e.peer_identity {
+            IDENTITY_WORLD if !resolved => None,
+            IDENTITY_WORLD => Some("world".to_string()),
+            i => Some(
+                names
+                    .identities
+                    .get(&i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("identity:{i}")),
+            ),
+        },
+    };
+    let local = sock(addr(&e.local), e.local_port);
+    let remote = sock(remote_ip, e.remote_port);
+    let (src, dst) = if e.direction == DIR_INGRESS {
+        (remote, local)
+    } else {
+        (local, remote)
+    };
+    let policy = match (e.reason, names.policies.get(&e.policy)) {
+        (REASON_POLICY, Some(p)) => Some(p.to_string()),
+        _ => None,
+    };
+    NetView {
+        pod,
+        src,
+        dst,
+        peer,
+        policy,
+    }
+}
+
+fn guard_pod(e: &GuardEvent, names: &Names) -> Option<String> {
+    names
+        .endpoints
+        .get(&e.endpoint)
+        .map(|p| p.to_string())
+        .or_else(|| names.cgroups.get(&e.cgroup_id).map(|p| p.to_string()))
+}
+
+fn tier_name(t: u8) -> &'static str {
+    if t == TIER_LSM { "lsm" } else { "fallback" }
+}
+
 impl Event {
     /// One human-readable line.
     pub fn render(&self, names: &Names) -> String {
         match self {
             Event::Net(e) => {
-                let who = names
-                    .endpoints
-                    .get(&e.endpoint)
-                    .map(|p| p.to_string())
-                    .or_else(|| names.cgroups.get(&e.cgroup_id).map(|p| p.to_string()))
-                    .unwrap_or_else(|| format!("cgroup:{}", e.cgroup_id));
-                let remote_ip = addr(&e.remote);
-                // The kernel resolves the peer's identity only when policy needs it: for a
-                // direction the pod is not isolated in, "world" would be a guess.
-                let resolved = !matches!(e.reason, REASON_NOT_ISOLATED | REASON_LOOPBACK);
-                let peer = match names.local_ips.get(&remote_ip) {
-                    Some(pod) => Some(pod.to_string()),
-                    None if names.node_ips.contains(&remote_ip) => Some("node".to_string()),
-                    None => match e.peer_identity {
-                        IDENTITY_WORLD if !resolved => None,
-                        IDENTITY_WORLD => Some("world".to_string()),
-                        i => Some(
-                            names
-                                .identities
-                                .get(&i)
-                                .cloned()
-                                .unwrap_or_else(|| format!("identity:{i}")),
-                        ),
-                    },
-                };
-                let local = sock(addr(&e.local), e.local_port);
-                let remote = match peer {
-                    Some(p) => format!("{} ({p})", sock(remote_ip, e.remote_port)),
-                    None => sock(remote_ip, e.remote_port),
+                let v = net_view(e, names);
+                let remote = match &v.peer {
+                    Some(p) => format!(" ({p})"),
+                    None => String::new(),
                 };
                 let (src, dst) = if e.direction == DIR_INGRESS {
-                    (remote, format!("{local} ({who})"))
+                    (
+                        format!("{}{remote}", v.src),
+                        format!("{} ({})", v.dst, v.pod),
+                    )
                 } else {
-                    (format!("{local} ({who})"), remote)
+                    (
+                        format!("{} ({})", v.src, v.pod),
+                        format!("{}{remote}", v.dst),
+                    )
                 };
-                let by = match (e.reason, names.policies.get(&e.policy)) {
-                    (REASON_POLICY, Some(p)) => format!("policy {p}"),
-                    (r, _) => reason_name(r).to_string(),
+                let by = match &v.policy {
+                    Some(p) => format!("policy {p}"),
+                    None => reason_name(e.reason).to_string(),
                 };
                 format!(
                     "{} {} {} {src} -> {dst} by {by}",
@@ -175,20 +226,10 @@ impl Event {
                 )
             }
             Event::Guard(e) => {
-                let who = names
-                    .endpoints
-                    .get(&e.endpoint)
-                    .map(|p| p.to_string())
-                    .or_else(|| names.cgroups.get(&e.cgroup_id).map(|p| p.to_string()))
-                    .unwrap_or_else(|| "unclassified pod".to_string());
-                let tier = if e.tier == TIER_LSM {
-                    "lsm"
-                } else {
-                    "fallback"
-                };
+                let who = guard_pod(e, names).unwrap_or_else(|| "unclassified pod".to_string());
                 let detail = cstr(&e.detail);
                 format!(
-                    "{} guard {} in {who} (cgroup {}): pid {} comm {:?} uid {} arg {}{}{} [tier {tier}]",
+                    "{} guard {} in {who} (cgroup {}): pid {} comm {:?} uid {} arg {}{}{} [tier {}]",
                     verdict_name(e.verdict),
                     guard_name(e.guard),
                     e.cgroup_id,
@@ -198,8 +239,51 @@ impl Event {
                     e.arg,
                     if detail.is_empty() { "" } else { " " },
                     detail,
+                    tier_name(e.tier),
                 )
             }
+        }
+    }
+
+    /// The same as one JSON object (`enforcer observe --json`); `line` is [`Event::render`].
+    pub fn to_json(&self, names: &Names, line: &str) -> serde_json::Value {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        match self {
+            Event::Net(e) => {
+                let v = net_view(e, names);
+                serde_json::json!({
+                    "time": time,
+                    "type": "network",
+                    "verdict": verdict_name(e.verdict),
+                    "direction": direction_name(e.direction),
+                    "protocol": proto_name(e.protocol),
+                    "pod": v.pod,
+                    "source": v.src,
+                    "destination": v.dst,
+                    "peer": v.peer,
+                    "policy": v.policy,
+                    "reason": reason_name(e.reason),
+                    "line": line,
+                })
+            }
+            Event::Guard(e) => serde_json::json!({
+                "time": time,
+                "type": "guard",
+                "verdict": verdict_name(e.verdict),
+                "guard": guard_name(e.guard),
+                "pod": guard_pod(e, names),
+                "cgroup": e.cgroup_id,
+                "pid": e.pid,
+                "comm": cstr(&e.comm),
+                "uid": e.uid,
+                "arg": e.arg,
+                "detail": cstr(&e.detail),
+                "tier": tier_name(e.tier),
+                "line": line,
+            }),
         }
     }
 }
@@ -257,14 +341,7 @@ fn count(metrics: &Metrics, ev: &Event) {
             &[
                 ("guard", guard_name(e.guard)),
                 ("verdict", verdict_name(e.verdict)),
-                (
-                    "tier",
-                    if e.tier == TIER_LSM {
-                        "lsm"
-                    } else {
-                        "fallback"
-                    },
-                ),
+                ("tier", tier_name(e.tier)),
             ],
             1.0,
         ),

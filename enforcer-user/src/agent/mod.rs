@@ -12,6 +12,7 @@ pub mod apply;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 mod selftest;
 pub mod source;
 
@@ -99,6 +100,8 @@ pub struct Options {
     pub allow_events: bool,
     /// Denial log lines per second before rate limiting.
     pub log_rate: f64,
+    /// Serve the live event stream (`enforcer observe`) on this Unix socket.
+    pub observe_socket: Option<PathBuf>,
     pub guards: GuardsMode,
     /// Tests only (`--break-fallback-guard`): guards whose fallback rules are dropped after
     /// attaching, to prove that the self-test notices.
@@ -1126,6 +1129,18 @@ pub async fn run(opts: Options) -> Result<()> {
         unclassified_guards: unclassified_guards(&opts),
     };
     dp.set_config(&config)?;
+    if let Some(path) = &opts.observe_socket {
+        match observe::bind(path) {
+            Ok(listener) => {
+                tokio::spawn(observe::serve(listener, ev_tx.clone(), names.clone()));
+                tracing::info!("event stream (enforcer observe) on {}", path.display());
+            }
+            Err(e) => tracing::warn!(
+                "no event stream: binding {}: {e} (enforcer observe will not connect)",
+                path.display()
+            ),
+        }
+    }
     let ring = dp.take_events()?;
     tokio::spawn(events::run(
         ring,
