@@ -67,6 +67,10 @@ pub const EP_NET_UNMANAGED: u32 = 1 << 2;
 /// treated as unclassified (`CFG_DENY_UNCLASSIFIED`), its guards are the entry's (the
 /// strictest set). Written by the agent, replaced once the pod is known.
 pub const EP_PENDING: u32 = 1 << 3;
+/// NetworkPolicy is audited for this pod, not enforced: what would be denied is reported
+/// (`VERDICT_AUDIT`) and passes (its namespace is labelled
+/// `enforcer.dev/network-policy=audit`: a staged roll-out). `CFG_NET_AUDIT` does the same for every pod.
+pub const EP_NET_AUDIT: u32 = 1 << 4;
 
 /// What the datapath knows about one pod, keyed by the pod's cgroup id (and optionally its
 /// containers' cgroup ids). Container cgroups that have no entry resolve to the nearest

@@ -491,7 +491,7 @@ fn skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
         return ALLOW;
     }
     count(CNT_NET_DENY);
-    if cfg.flags & CFG_NET_AUDIT != 0 {
+    if cfg.flags & CFG_NET_AUDIT != 0 || ep.flags & EP_NET_AUDIT != 0 {
         emit(cgid, ep.id, f, d.identity, 0, VERDICT_AUDIT, d.reason);
         track(cfg, ep.id, f);
         return ALLOW;
@@ -725,7 +725,7 @@ fn sock_verdict(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         return ALLOW;
     };
     let d = decide(cfg, &ep, &f, false, is_loopback(&f.remote));
-    if d.allow || cfg.flags & CFG_NET_AUDIT != 0 {
+    if d.allow || cfg.flags & CFG_NET_AUDIT != 0 || ep.flags & EP_NET_AUDIT != 0 {
         // The packet path reports and tracks the flow.
         return ALLOW;
     }

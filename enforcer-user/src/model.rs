@@ -28,6 +28,10 @@ impl fmt::Display for ObjectRef {
     }
 }
 
+/// A namespace with this label (key, value) has its pods' NetworkPolicy audited rather
+/// than enforced (a staged roll-out): would-be denials are reported and pass.
+pub const NETWORK_AUDIT_LABEL: (&str, &str) = ("enforcer.dev/network-policy", "audit");
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
     pub name: String,

@@ -562,6 +562,56 @@ fn observe_streams_the_verdicts_named_and_filtered() {
     }
 }
 
+/// A staged roll-out: the pods of a namespace labelled `enforcer.dev/network-policy=audit`
+/// have their would-be denials reported and passed; another namespace's policy is enforced
+/// at the same time.
+#[test]
+fn a_namespace_in_audit_mode_reports_its_denials_and_lets_them_pass() {
+    let test = "a_namespace_in_audit_mode_reports_its_denials_and_lets_them_pass";
+    if !is_root() {
+        skip(
+            test,
+            "needs root (BPF programs, cgroups, network namespaces)",
+        );
+        return;
+    }
+    let mut node = SimNode::new(77);
+    node.add_namespace("x", &[("enforcer.dev/network-policy", "audit")]);
+    node.add_namespace("y", &[]);
+    for (ns, p) in [("x", "a"), ("x", "b"), ("y", "c"), ("y", "d")] {
+        node.add_pod(PodSpec::new(ns, p, true));
+    }
+    node.write_cluster();
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    node.write_manifest(
+        "11-deny-y.yaml",
+        &DENY_ALL_X.replace("namespace: x", "namespace: y"),
+    );
+    let agent = node.start_agent(&[]);
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 1000), "ok");
+    assert_eq!(node.probe("y/c", "y/d", "tcp", 80, false, 500), "eperm");
+    // Both events reach the log asynchronously.
+    let has =
+        |log: &str, what: &str, pod: &str| log.lines().any(|l| l.contains(what) && l.contains(pod));
+    let start = Instant::now();
+    let log = loop {
+        let log = agent.log_text();
+        if has(&log, "audit egress tcp", "(x/a)") && has(&log, "deny egress tcp", "(y/c)") {
+            break log;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no audit event for x/a or no denial for y/c:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("deny egress tcp") && l.contains("(x/a)")),
+        "{log}"
+    );
+}
+
 #[test]
 fn network_audit_mode_reports_without_dropping() {
     let Some(node) = node(

@@ -83,6 +83,15 @@ pub(super) fn compile(c: &mut Compiler, input: &CompileInput) -> Desired {
                 }
             }
             locals.push(LocalPod { pod, id });
+            let (key, value) = crate::model::NETWORK_AUDIT_LABEL;
+            if cluster
+                .namespaces
+                .get(&pod.namespace)
+                .and_then(|ns| ns.labels.get(key))
+                .is_some_and(|v| v == value)
+            {
+                flags |= enforcer_common::EP_NET_AUDIT;
+            }
         }
         out.endpoints.insert(
             pod.uid.clone(),

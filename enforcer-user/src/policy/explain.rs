@@ -198,6 +198,9 @@ pub struct Explanation<'a> {
     pub egress: Option<Verdict>,
     /// At the destination, when it is a pod.
     pub ingress: Option<Verdict>,
+    /// Namespaces of the ends whose NetworkPolicy is audited, not enforced
+    /// ([`crate::model::NETWORK_AUDIT_LABEL`]): their denials are reported and pass.
+    pub audited: Vec<String>,
 }
 
 impl Explanation<'_> {
@@ -219,13 +222,31 @@ pub fn explain<'a>(
     protocol: Protocol,
     port: u16,
 ) -> Result<Vec<Explanation<'a>>, String> {
+    let audited = |end: &End<'_>| match end {
+        End::Pod(p) => {
+            let (k, v) = crate::model::NETWORK_AUDIT_LABEL;
+            cluster
+                .namespaces
+                .get(&p.namespace)
+                .and_then(|n| n.labels.get(k))
+                .is_some_and(|x| x == v)
+                .then(|| p.namespace.clone())
+        }
+        End::Address(_) => None,
+    };
     let one = |to: End<'a>, port: u16, service: Option<String>| {
         let to_addr = to.address().ok_or_else(|| format!("{to} has no IP yet"))?;
         let from_addr = from
             .address()
             .ok_or_else(|| format!("{from} has no IP yet"))?;
         let p = protocol.number();
+        let mut audits: Vec<String> = [audited(&from), audited(&to)]
+            .into_iter()
+            .flatten()
+            .collect();
+        audits.dedup();
         Ok::<_, String>(Explanation {
+            audited: audits,
             from,
             to,
             service,
@@ -330,6 +351,13 @@ pub fn render(e: &Explanation<'_>) -> String {
     };
     s.push_str(&line(&e.egress, Direction::Egress, &e.from));
     s.push_str(&line(&e.ingress, Direction::Ingress, &e.to));
+    for ns in &e.audited {
+        let (k, v) = crate::model::NETWORK_AUDIT_LABEL;
+        s.push_str(&format!(
+            "  note: namespace {ns} is labelled {k}={v}: its pods' denials are reported (audit) \
+             and pass\n"
+        ));
+    }
     s
 }
 
@@ -389,6 +417,7 @@ pub fn to_json(e: &Explanation<'_>) -> serde_json::Value {
         "protocol": format!("{:?}", e.protocol).to_uppercase(),
         "port": e.port,
         "allowed": e.allowed(),
+        "auditedNamespaces": e.audited,
         "egress": verdict(&e.egress, Direction::Egress),
         "ingress": verdict(&e.ingress, Direction::Ingress),
     })
