@@ -54,6 +54,8 @@ const PACKAGES: &[(&str, Option<&str>)] = &[
     ("gcc", None),
     ("libc6-dev", None),
     ("buildah", None),
+    // The fuzz tier: libfuzzer-sys compiles libFuzzer (C++).
+    ("g++", None),
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
