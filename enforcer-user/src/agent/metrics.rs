@@ -119,4 +119,100 @@ mod tests {
         assert!(t.contains("enforcer_q{name=\"a\\\"b\"} 0.5\n"));
         assert_eq!(m.get("enforcer_x_total", &[("verdict", "deny")]), Some(3.0));
     }
+
+    /// Metric names in `text`: `enforcer_` then lower-case letters, digits and `_`.
+    fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("enforcer_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            // Not the tail of a longer identifier (`foo_enforcer_x`).
+            let preceded = rest[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !preceded {
+                out.insert(tail[..end].trim_end_matches('_').to_string());
+            }
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    /// The names the agent exports: string literals in its sources, outside test code
+    /// (`#[cfg(test)]` modules, which come last in a file, and test files).
+    fn exported() -> std::collections::BTreeSet<String> {
+        fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    if name != "tests" {
+                        walk(&p, out);
+                    }
+                } else if name.ends_with(".rs") && name != "tests.rs" {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+                    for lit in code.split('"').skip(1).step_by(2) {
+                        if lit.starts_with("enforcer_") && names_in(lit).len() == 1 {
+                            out.extend(names_in(lit));
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn the_catalog_matches_the_code_and_the_dashboard() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let catalog_text = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+        // The catalog's tables: the first cell of each row.
+        let catalog: std::collections::BTreeSet<String> = catalog_text
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `enforcer_"))
+            .filter_map(|l| l.split('`').next())
+            .map(|n| format!("enforcer_{n}"))
+            .collect();
+        let code = exported();
+        assert!(code.len() > 40, "the scan found too little: {code:?}");
+        let undocumented: Vec<_> = code.difference(&catalog).collect();
+        let stale: Vec<_> = catalog.difference(&code).collect();
+        assert!(
+            undocumented.is_empty() && stale.is_empty(),
+            "docs/metrics.md is out of date: exported but not listed {undocumented:?}; \
+             listed but not exported {stale:?}"
+        );
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("deploy/grafana/enforcer.json")).unwrap(),
+        )
+        .unwrap();
+        let mut queried = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(
+                !targets.is_empty(),
+                "panel {} queries nothing",
+                panel["title"]
+            );
+            for t in targets {
+                queried.extend(names_in(t["expr"].as_str().unwrap()));
+            }
+        }
+        let unknown: Vec<_> = queried.difference(&catalog).collect();
+        assert!(
+            unknown.is_empty(),
+            "the dashboard queries metrics that do not exist: {unknown:?}"
+        );
+        assert!(queried.len() >= 15, "{queried:?}");
+    }
 }
