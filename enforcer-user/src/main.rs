@@ -13,8 +13,17 @@ use enforcer::agent::{self, GuardsMode, SourceKind, Unclassified};
 #[derive(Parser)]
 #[command(name = "enforcer", version, about)]
 struct Cli {
+    /// Log format on stderr: text, or JSON objects (one per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -176,15 +185,17 @@ enum Command {
     },
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt.json().with_current_span(false).init(),
+    }
 }
 
 fn main() -> Result<()> {
@@ -192,7 +203,7 @@ fn main() -> Result<()> {
     if let Command::SelfTestOp { op, arg } = &cli.command {
         std::process::exit(enforcer::guards::selftest::run_op(op, arg.as_deref()));
     }
-    init_logging();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Run {
             manifests,

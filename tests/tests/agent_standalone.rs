@@ -612,6 +612,44 @@ fn a_namespace_in_audit_mode_reports_its_denials_and_lets_them_pass() {
     );
 }
 
+/// `--log-format json`: every line the agent logs is one JSON object, for log collectors.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let Some(node) = node("json_logs_are_one_object_per_line", 78, &["a", "b"]) else {
+        return;
+    };
+    node.write_manifest("10-deny.yaml", DENY_ALL_X);
+    let agent = node.start_agent(&["--log-format", "json"]);
+    assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
+    let start = Instant::now();
+    loop {
+        let log = agent.log_text();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect();
+        let message =
+            |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_string();
+        if lines
+            .iter()
+            .any(|v| message(v).starts_with("deny egress tcp"))
+        {
+            assert!(lines.iter().any(|v| message(v).starts_with("enforcing:")));
+            assert!(
+                lines
+                    .iter()
+                    .all(|v| v["level"].is_string() && v["timestamp"].is_string())
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no denial logged:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn network_audit_mode_reports_without_dropping() {
     let Some(node) = node(

@@ -249,6 +249,8 @@ def check_daemonset(doc):
     need((pod.get("terminationGracePeriodSeconds") or 30) <= 30,
          "terminationGracePeriodSeconds must be small (<= 30)")
     need(pod.get("serviceAccountName") == "enforcer", "serviceAccountName must be enforcer")
+    need((pod.get("nodeSelector") or {}).get("kubernetes.io/arch") == "amd64",
+         "nodeSelector must pin kubernetes.io/arch: amd64 (the only architecture the image is built for)")
     volumes = {v.get("name"): v for v in pod.get("volumes") or []}
     agents = [c for c in pod.get("containers") or [] if c.get("name") == "agent"]
     need(len(agents) == 1, "must have one container named agent")
