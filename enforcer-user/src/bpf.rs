@@ -205,7 +205,7 @@ pub struct ArmScan {
 pub struct Datapath {
     ebpf: Ebpf,
     /// `<instance>/v<ABI>` when pinning.
-    pin_dir: Option<PathBuf>,
+    pins: Option<PinLayout>,
     /// Attachments held by this process when not pinned.
     links: Vec<FdLink>,
     /// Guard attachments held by this process when not pinned (dropped by
@@ -254,6 +254,71 @@ impl GuardsAttached {
     }
 }
 
+/// Where an instance's pins live, the one place that spells it out (load, restarts,
+/// upgrades, uninstall, `enforcer status`):
+///
+/// ```text
+/// <instance>/v<ABI_VERSION>/maps/<MAP>
+/// <instance>/v<ABI_VERSION>/links/<program>
+/// ```
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    instance: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(instance: &Path) -> Self {
+        Self {
+            instance: instance.to_path_buf(),
+        }
+    }
+
+    pub fn instance(&self) -> &Path {
+        &self.instance
+    }
+
+    /// This ABI version's directory.
+    pub fn version_dir(&self) -> PathBuf {
+        self.instance.join(Self::version_name(ABI_VERSION))
+    }
+
+    fn version_name(abi: u32) -> String {
+        format!("v{abi}")
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.version_dir().join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.version_dir().join("links")
+    }
+
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.links().join(program)
+    }
+
+    /// The version directories present, this version's included: (name, path).
+    fn versions(&self) -> Vec<(String, PathBuf)> {
+        let Ok(dir) = fs::read_dir(&self.instance) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let numbered = name
+                    .strip_prefix('v')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                numbered.then(|| (name, e.path()))
+            })
+            .collect()
+    }
+}
+
 impl Datapath {
     /// Load the object and create (or, with a pin directory, reuse) its maps. No program is
     /// loaded into the kernel yet.
@@ -262,18 +327,19 @@ impl Datapath {
             return Err(BpfError::NoObject);
         }
         raise_memlock();
-        let pin_dir = instance_dir.map(|d| d.join(format!("v{ABI_VERSION}")));
+        let pins = instance_dir.map(PinLayout::new);
         let mut loader = EbpfLoader::new();
         // aya 0.14 creates the task storage map `EXEMPT` (from its BTF definition) but has
         // no typed wrapper for it: without this the load fails with "unsupported map".
         loader.allow_unsupported_maps();
         let mut paths = StdHashMap::new();
-        if let Some(dir) = &pin_dir {
-            let maps = dir.join("maps");
+        if let Some(pins) = &pins {
+            let maps = pins.maps();
             fs::create_dir_all(&maps).map_err(io_err(&maps))?;
-            fs::create_dir_all(dir.join("links")).map_err(io_err(dir))?;
+            let links = pins.links();
+            fs::create_dir_all(&links).map_err(io_err(&links))?;
             for name in map_names::PINNED {
-                paths.insert(*name, maps.join(name));
+                paths.insert(*name, pins.map(name));
             }
         }
         for (name, path) in &paths {
@@ -302,7 +368,7 @@ impl Datapath {
         let ebpf = loader.load(OBJECT).map_err(BpfError::Object)?;
         Ok(Self {
             ebpf,
-            pin_dir,
+            pins,
             links: Vec::new(),
             guard_links: Vec::new(),
             raw_guard_links: Vec::new(),
@@ -317,14 +383,14 @@ impl Datapath {
         &self.offsets
     }
 
-    pub fn pin_dir(&self) -> Option<&Path> {
-        self.pin_dir.as_deref()
+    pub fn pins(&self) -> Option<&PinLayout> {
+        self.pins.as_ref()
     }
 
     fn keep(&mut self, program: &str, link: FdLink) -> Result<(), BpfError> {
-        match &self.pin_dir {
-            Some(dir) => {
-                let path = dir.join("links").join(program);
+        match &self.pins {
+            Some(pins) => {
+                let path = pins.link(program);
                 // A link pinned by a previous agent keeps enforcing until we replace it.
                 if path.exists() {
                     let _ = fs::remove_file(&path);
@@ -451,7 +517,7 @@ impl Datapath {
 
     /// Keep a guard program's link (pinned, or held until `detach_guards`).
     fn keep_guard(&mut self, program: &'static str, link: FdLink) -> Result<(), BpfError> {
-        match &self.pin_dir {
+        match &self.pins {
             Some(_) => self.keep(program, link)?,
             None => self.guard_links.push((program, link)),
         }
@@ -461,9 +527,9 @@ impl Datapath {
 
     /// Keep a bpf_link created without aya (pinned, or held until `detach_guards`).
     fn keep_raw_guard(&mut self, program: &'static str, fd: OwnedFd) -> Result<(), BpfError> {
-        match &self.pin_dir {
-            Some(dir) => {
-                let path = dir.join("links").join(program);
+        match &self.pins {
+            Some(pins) => {
+                let path = pins.link(program);
                 if path.exists() {
                     let _ = fs::remove_file(&path);
                 }
@@ -750,8 +816,8 @@ impl Datapath {
         };
         self.guard_links.retain(|(n, _)| *n != name);
         self.raw_guard_links.retain(|(n, _)| *n != name);
-        if let Some(dir) = &self.pin_dir
-            && let Ok(link) = PinnedLink::from_pin(dir.join("links").join(name))
+        if let Some(pins) = &self.pins
+            && let Ok(link) = PinnedLink::from_pin(pins.link(name))
         {
             let _ = link.unpin();
         }
@@ -764,9 +830,9 @@ impl Datapath {
     pub fn detach_guards(&mut self) -> Result<(), BpfError> {
         self.guard_links.clear();
         self.raw_guard_links.clear();
-        if let Some(dir) = &self.pin_dir {
+        if let Some(pins) = &self.pins {
             for name in &self.guards_attached {
-                let path = dir.join("links").join(name);
+                let path = pins.link(name);
                 if let Ok(link) = PinnedLink::from_pin(&path) {
                     let _ = link.unpin();
                 }
@@ -1147,9 +1213,8 @@ pub fn uninstall(instance_dir: &Path) -> Result<usize, BpfError> {
         return Ok(0);
     }
     let mut removed = 0;
-    let versions = fs::read_dir(instance_dir).map_err(io_err(instance_dir))?;
-    for v in versions.flatten() {
-        removed += remove_version(&v.path())?;
+    for (_, dir) in PinLayout::new(instance_dir).versions() {
+        removed += remove_version(&dir)?;
     }
     let _ = fs::remove_dir(instance_dir);
     Ok(removed)
@@ -1160,18 +1225,12 @@ pub fn uninstall(instance_dir: &Path) -> Result<usize, BpfError> {
 /// their frozen maps). Called once this version's programs are attached, so that the
 /// node is never without enforcement. Returns (version directory, objects removed).
 pub fn remove_other_versions(instance_dir: &Path) -> Result<Vec<(String, usize)>, BpfError> {
-    let ours = format!("v{ABI_VERSION}");
+    let layout = PinLayout::new(instance_dir);
+    let ours = PinLayout::version_name(ABI_VERSION);
     let mut out = Vec::new();
-    let Ok(versions) = fs::read_dir(instance_dir) else {
-        return Ok(out);
-    };
-    for v in versions.flatten() {
-        let name = v.file_name().to_string_lossy().into_owned();
-        let is_version = name
-            .strip_prefix('v')
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if is_version && name != ours {
-            out.push((name, remove_version(&v.path())?));
+    for (name, dir) in layout.versions() {
+        if name != ours {
+            out.push((name, remove_version(&dir)?));
         }
     }
     Ok(out)

@@ -16,11 +16,33 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn count_hash<K: aya::Pod, V: aya::Pod>(path: &Path) -> Option<usize> {
+/// Entries in a pinned map and its capacity.
+struct Fill {
+    entries: usize,
+    max: u32,
+}
+
+impl std::fmt::Display for Fill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = self.entries as f64 * 100.0 / f64::from(self.max.max(1));
+        write!(f, "{}/{} ({pct:.1}%)", self.entries, self.max)
+    }
+}
+
+fn max_entries(data: &MapData) -> u32 {
+    data.info().map(|i| i.max_entries()).unwrap_or(0)
+}
+
+fn count_hash<K: aya::Pod, V: aya::Pod>(path: &Path) -> Option<Fill> {
     let data = MapData::from_pin(path).ok()?;
+    let max = max_entries(&data);
+    // LRU hashes iterate like hashes.
     let map = aya::maps::Map::HashMap(data);
     let h: HashMap<MapData, K, V> = HashMap::try_from(map).ok()?;
-    Some(h.keys().count())
+    Some(Fill {
+        entries: h.keys().count(),
+        max,
+    })
 }
 
 /// Pending entries of ENDPOINTS (pod cgroups the agent could not classify yet): how many,
@@ -40,11 +62,15 @@ fn pending_endpoints(path: &Path) -> Option<(usize, u32)> {
     Some((n, guards))
 }
 
-fn count_lpm<K: aya::Pod, V: aya::Pod>(path: &Path) -> Option<usize> {
+fn count_lpm<K: aya::Pod, V: aya::Pod>(path: &Path) -> Option<Fill> {
     let data = MapData::from_pin(path).ok()?;
+    let max = max_entries(&data);
     let map = aya::maps::Map::LpmTrie(data);
     let t: LpmTrie<MapData, K, V> = LpmTrie::try_from(map).ok()?;
-    Some(t.keys().count())
+    Some(Fill {
+        entries: t.keys().count(),
+        max,
+    })
 }
 
 fn read_array<V: aya::Pod>(path: &Path) -> Option<V> {
@@ -123,13 +149,14 @@ pub fn report(instance: &Path) -> String {
             let _ = writeln!(out, "guard tier:    cannot load the programs: {e}");
         }
     }
-    let dir = instance.join(format!("v{ABI_VERSION}"));
+    let pins = crate::bpf::PinLayout::new(instance);
+    let dir = pins.version_dir();
     if !dir.exists() {
         let _ = writeln!(out, "instance:      none at {}", instance.display());
         return out;
     }
     let _ = writeln!(out, "instance:      {}", dir.display());
-    let mut links: Vec<String> = fs::read_dir(dir.join("links"))
+    let mut links: Vec<String> = fs::read_dir(pins.links())
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -143,7 +170,7 @@ pub fn report(instance: &Path) -> String {
         links.len(),
         links.join(" ")
     );
-    let maps = dir.join("maps");
+    let maps = pins.maps();
     if let Some(gc) = read_array::<GuardConfig>(&maps.join("GUARD_CONFIG")) {
         let tier = Tier::from_code(gc.tier as u8).map_or("none", |t| t.name());
         if gc.tier == TIER_LSM as u32 && gc.fallback_guards != 0 {
@@ -193,15 +220,28 @@ pub fn report(instance: &Path) -> String {
             );
         }
     }
-    let n = |v: Option<usize>| v.map_or("?".to_string(), |n| n.to_string());
-    let _ = writeln!(
-        out,
-        "  maps:        ENDPOINTS {}, IPCACHE {}, POLICY {}, CONNTRACK {}, ARMED {}",
-        n(count_hash::<u64, Endpoint>(&maps.join("ENDPOINTS"))),
-        n(count_lpm::<IpKey, IpInfo>(&maps.join("IPCACHE"))),
-        n(count_lpm::<PolicyKey, PolicyValue>(&maps.join("POLICY"))),
-        n(count_hash::<CtKey, CtValue>(&maps.join("CONNTRACK"))),
-        n(count_hash::<u64, u32>(&maps.join("ARMED"))),
-    );
+    // Fill levels (entries/capacity): a full map makes the affected pods fail closed
+    // (`enforcer_map_write_errors_total`); a full CONNTRACK evicts the least recently used
+    // flows, whose next packets are judged by policy again.
+    let n = |v: Option<Fill>| v.map_or("?".to_string(), |f| f.to_string());
+    let _ = writeln!(out, "  map fill:");
+    for (name, fill) in [
+        (
+            "ENDPOINTS",
+            count_hash::<u64, Endpoint>(&pins.map("ENDPOINTS")),
+        ),
+        ("IPCACHE", count_lpm::<IpKey, IpInfo>(&pins.map("IPCACHE"))),
+        (
+            "POLICY",
+            count_lpm::<PolicyKey, PolicyValue>(&pins.map("POLICY")),
+        ),
+        (
+            "CONNTRACK",
+            count_hash::<CtKey, CtValue>(&pins.map("CONNTRACK")),
+        ),
+        ("ARMED", count_hash::<u64, u32>(&pins.map("ARMED"))),
+    ] {
+        let _ = writeln!(out, "    {name:<12}{}", n(fill));
+    }
     out
 }

@@ -237,6 +237,23 @@ fn runtime_guards_can_be_turned_off_and_status_reports_the_tier() {
         assert!(text.contains("guard tier:  fallback"), "{text}");
         assert!(text.contains("guard_sysctl"), "{text}");
         assert!(text.contains("net_ingress"), "{text}");
+        // Map fill levels: entries/capacity; the node's pods are in ENDPOINTS.
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} fill line:\n{text}"))
+                .to_string()
+        };
+        assert!(text.contains("map fill:"), "{text}");
+        assert!(line("CONNTRACK").contains("/262144 ("), "{text}");
+        let endpoints = line("ENDPOINTS");
+        let entries: usize = endpoints
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.split('/').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{endpoints}"));
+        assert!(entries >= 1, "{text}");
     }
     let agent = node.start_agent(&["--runtime-guards", "off"]);
     assert!(agent.log_text().contains("runtime guards: off"));

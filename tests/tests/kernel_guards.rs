@@ -449,7 +449,7 @@ fn fallback_pinned_guards_outlive_the_agent_and_arm_running_containers() {
         "armed by the agent"
     );
     // Every guard link is pinned; the agent exits; enforcement stays.
-    let links = bpffs.join(format!("v{ABI_VERSION}/links"));
+    let links = enforcer::bpf::PinLayout::new(&bpffs).links();
     for name in [
         "guard_exec",
         "guard_sysctl",
