@@ -19,6 +19,20 @@ spec:
   policyTypes: [Ingress, Egress]
 "#;
 
+/// Program ids of the programs named `prog` attached at `cgroup` (`bpftool cgroup show`).
+fn attached_ids(cgroup: &std::path::Path, prog: &str) -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == prog))
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
 fn node(test: &str, subnet: u8, pods: &[&str]) -> Option<SimNode> {
     if !is_root() {
         skip(
@@ -365,17 +379,7 @@ fn an_upgrade_removes_what_the_previous_version_left_attached() {
     ) else {
         return;
     };
-    let attached = |prog: &str| {
-        let out = std::process::Command::new("bpftool")
-            .args(["cgroup", "show"])
-            .arg(&node.kubepods)
-            .output()
-            .expect("bpftool");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == prog))
-            .count()
-    };
+    let attached = |prog: &str| attached_ids(&node.kubepods, prog).len();
     node.write_manifest("10-deny.yaml", DENY_ALL_X);
     let mut old = node.start_agent(&[]);
     assert_eq!(node.probe("x/a", "x/b", "tcp", 80, false, 500), "eperm");
@@ -426,32 +430,11 @@ fn a_refused_attachment_leaves_nothing_half_attached_and_says_why() {
     ) else {
         return;
     };
-    let attached = |prog: &str| {
-        let out = std::process::Command::new("bpftool")
-            .args(["cgroup", "show"])
-            .arg(&node.kubepods)
-            .output()
-            .expect("bpftool");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == prog))
-            .count()
-    };
+    let attached = |prog: &str| attached_ids(&node.kubepods, prog).len();
     node.write_manifest("10-deny.yaml", DENY_ALL_X);
     let mut first = node.start_agent(&["--runtime-guards", "off"]);
     first.stop();
-    let ids = |prog: &str| {
-        let out = std::process::Command::new("bpftool")
-            .args(["cgroup", "show"])
-            .arg(&node.kubepods)
-            .output()
-            .expect("bpftool");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == prog))
-            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-            .collect::<Vec<_>>()
-    };
+    let ids = |prog: &str| attached_ids(&node.kubepods, prog);
     let before = (ids("net_ingress"), ids("net_egress"));
     let _blocker = enforcer_tests::ExclusiveCgroupProgram::attach(
         &node.cgroup_root.path,

@@ -1294,6 +1294,16 @@ fn removal(api: &FakeApi) -> removal::Removal {
     )
 }
 
+/// [`removal`], once both of its watches are open.
+async fn following(api: &FakeApi) -> removal::Removal {
+    let r = removal(api);
+    eventually("both watches", || {
+        api.watchers(R::DaemonSets) == 1 && api.watchers(R::Namespaces) == 1
+    })
+    .await;
+    r
+}
+
 /// What `kubectl delete -k deploy/` does to the agent's access: every new request is
 /// refused (its ClusterRoleBinding and ServiceAccount go in the same sweep).
 fn revoke_access(api: &FakeApi) {
@@ -1308,11 +1318,7 @@ async fn a_restart_keeps_the_programs_and_a_deleted_daemonset_removes_them() {
     use removal::Decision;
     let api = FakeApi::start().await;
     seed_agent(&api);
-    let r = removal(&api);
-    eventually("both watches", || {
-        api.watchers(R::DaemonSets) == 1 && api.watchers(R::Namespaces) == 1
-    })
-    .await;
+    let r = following(&api).await;
     // The DaemonSet is read by name in the agent's namespace, never listed cluster-wide.
     let ds = api.requests_for(R::DaemonSets, Verb::List);
     assert!(
@@ -1351,11 +1357,7 @@ async fn a_terminating_namespace_removes_them_too() {
     use removal::Decision;
     let api = FakeApi::start().await;
     seed_agent(&api);
-    let r = removal(&api);
-    eventually("both watches", || {
-        api.watchers(R::DaemonSets) == 1 && api.watchers(R::Namespaces) == 1
-    })
-    .await;
+    let r = following(&api).await;
     let mut ns = namespace("enforcer-system", &[]);
     ns["metadata"]["deletionTimestamp"] = json!("2026-12-07T10:00:00Z");
     api.put(R::Namespaces, ns);

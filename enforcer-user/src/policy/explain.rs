@@ -118,9 +118,7 @@ pub fn direction(
     if direction == Direction::Ingress && node_ips.iter().any(|n| n.to_canonical() == remote) {
         return Verdict::FromNode;
     }
-    let peer_pod = cluster.pods.values().find(|q| {
-        !q.terminal && !q.host_network && q.ips.iter().any(|a| a.to_canonical() == remote)
-    });
+    let peer_pod = pod_at(cluster, remote);
     let destination = match direction {
         Direction::Ingress => Some(pod),
         Direction::Egress => peer_pod,
@@ -183,6 +181,15 @@ pub fn direction(
     } else {
         Verdict::AllowedBy(allowed_by)
     }
+}
+
+/// The pod holding `addr` that policy can name as a peer (not terminal, not hostNetwork).
+fn pod_at(cluster: &Cluster, addr: IpAddr) -> Option<&Pod> {
+    let addr = addr.to_canonical();
+    cluster
+        .pods
+        .values()
+        .find(|q| !q.terminal && !q.host_network && q.ips.iter().any(|a| a.to_canonical() == addr))
 }
 
 /// One flow explained.
@@ -298,10 +305,11 @@ pub fn explain<'a>(
         Some((s, sp))
     });
     let Some((svc, sp)) = frontend else {
-        let pod = cluster.pods.values().find(|q| {
-            !q.terminal && !q.host_network && q.ips.iter().any(|a| a.to_canonical() == addr)
-        });
-        return Ok(vec![one(pod.map_or(to, End::Pod), port, None)?]);
+        return Ok(vec![one(
+            pod_at(cluster, addr).map_or(to, End::Pod),
+            port,
+            None,
+        )?]);
     };
     let name = format!("{}/{}", svc.namespace, svc.name);
     let mut out = Vec::new();
@@ -505,11 +513,7 @@ pub fn resolve<'a>(cluster: &'a Cluster, t: &Target) -> Result<End<'a>, String> 
             .get(r)
             .map(End::Pod)
             .ok_or_else(|| format!("pod {r} is not in the manifests")),
-        Target::Address(a) => Ok(cluster
-            .pods
-            .values()
-            .find(|q| !q.terminal && !q.host_network && q.ips.contains(a))
-            .map_or(End::Address(*a), End::Pod)),
+        Target::Address(a) => Ok(pod_at(cluster, *a).map_or(End::Address(*a), End::Pod)),
     }
 }
 
